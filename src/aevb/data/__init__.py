@@ -1,0 +1,116 @@
+"""Datasets as tensors: registered by name (or ``npz:PATH``), split 60k/10k-style into train and
+test, scaled to [0, 1] (images), optionally binarised, and checked for shape and finiteness."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .datasets import DATASETS, Arrays
+from .formats import load_npz
+from .sources import data_dir
+
+BINARIZE = ("none", "dynamic", "static")
+BINARIZE_SEED = 0  # the one fixed draw for static binarisation and for the dynamic test set
+
+
+@dataclass
+class Dataset:
+    """Train and test tensors of shape (N, *x_shape), float32; labels int64 or None."""
+
+    name: str
+    source: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor | None
+    test_x: torch.Tensor
+    test_y: torch.Tensor | None
+    binarize: str = "none"
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def n_classes(self) -> int | None:
+        return None if self.train_y is None else int(self.train_y.max()) + 1
+
+
+def load_dataset(cfg) -> Dataset:
+    """The dataset named by a DataConfig, with its subsets and binarisation applied."""
+    if cfg.binarize not in BINARIZE:
+        raise DataError(f"unknown binarize {cfg.binarize!r}; choose one of: {', '.join(BINARIZE)}")
+    if cfg.dataset.startswith("npz:"):
+        (tx, ty, sx, sy), source = read_user_npz(Path(cfg.dataset[4:]).expanduser()), cfg.dataset[4:]
+    else:
+        (tx, ty, sx, sy), source = DATASETS[cfg.dataset].load(data_dir(cfg.data_dir), cfg.download)
+    ds = Dataset(cfg.dataset, source, as_float(tx, "train"), as_labels(ty), as_float(sx, "test"), as_labels(sy))
+    ds = subset(ds, cfg.train_size, cfg.test_size)
+    return binarize(ds, cfg.binarize)
+
+
+def read_user_npz(path: Path) -> Arrays:
+    """A user's arrays: x_train and x_test (N, ...) numeric, uint8 taken as bytes/255; y_train and
+    y_test optional integer labels."""
+    arrays = load_npz(path)
+    missing = [k for k in ("x_train", "x_test") if k not in arrays]
+    if missing:
+        raise DataError(f"{path} lacks {' and '.join(missing)} (it has {', '.join(arrays) or 'no arrays'}); "
+                        "save it as numpy.savez(path, x_train=..., x_test=..., [y_train=..., y_test=...])")
+    tx, sx = arrays["x_train"], arrays["x_test"]
+    for x, k in ((tx, "x_train"), (sx, "x_test")):
+        if x.ndim < 2 or len(x) == 0 or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+            raise DataError(f"{path}: {k} has shape {x.shape} and dtype {x.dtype}; it must be a numeric array (N, ...) with N > 0")
+    if tx.shape[1:] != sx.shape[1:]:
+        raise DataError(f"{path}: x_train {tx.shape} and x_test {sx.shape} differ in shape after the first axis")
+    labels = []
+    for y, x, k in ((arrays.get("y_train"), tx, "y_train"), (arrays.get("y_test"), sx, "y_test")):
+        if y is not None and (y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer) or (y < 0).any()):
+            raise DataError(f"{path}: {k} must hold one non-negative integer label per row of x, got shape {y.shape} ({y.dtype})")
+        labels.append(y)
+    return tx, labels[0], sx, labels[1]
+
+
+def as_float(x: np.ndarray, part: str) -> torch.Tensor:
+    """float32 tensor; uint8 images become bytes/255. NaN or Inf is refused."""
+    t = torch.from_numpy(np.array(x))
+    t = t.float() / 255 if t.dtype == torch.uint8 else t.float()
+    if not torch.isfinite(t).all():
+        raise DataError(f"the {part} data contains NaN or Inf; clean or impute it before training")
+    return t
+
+
+def as_labels(y) -> torch.Tensor | None:
+    return None if y is None else torch.from_numpy(np.asarray(y, np.int64))
+
+
+def subset(ds: Dataset, train_size: int | None, test_size: int | None) -> Dataset:
+    """The first train_size / test_size examples (for quick runs)."""
+    cut = lambda t, n: t if t is None or n is None else t[:n]
+    return Dataset(ds.name, ds.source, cut(ds.train_x, train_size), cut(ds.train_y, train_size),
+                   cut(ds.test_x, test_size), cut(ds.test_y, test_size), ds.binarize)
+
+
+def binarize(ds: Dataset, mode: str) -> Dataset:
+    """static: both splits sampled once; dynamic: the test split once, the training split afresh in
+    every batch (by the trainer), as in Burda et al. 2015. Pixels are Bernoulli(x)."""
+    if mode == "none":
+        return ds
+    for t, part in ((ds.train_x, "train"), (ds.test_x, "test")):
+        if t.min() < 0 or t.max() > 1:
+            raise DataError(f"--binarize {mode} needs {part} values in [0, 1]; rescale the data or use --binarize none")
+    g = torch.Generator().manual_seed(BINARIZE_SEED)
+    train_x = torch.bernoulli(ds.train_x, generator=g) if mode == "static" else ds.train_x
+    test_x = torch.bernoulli(ds.test_x, generator=g)
+    return Dataset(ds.name, ds.source, train_x, ds.train_y, test_x, ds.test_y, mode)
+
+
+def available(data_dir_: str | None = None) -> list[tuple[str, str | None]]:
+    """(dataset, where it is found on this machine or None) for every registered dataset."""
+    root = data_dir(data_dir_)
+    return [(name, (found[0] if (found := DATASETS[name].locate(root)) else None)) for name in DATASETS]
+
+
+__all__ = ["BINARIZE", "DATASETS", "Dataset", "available", "load_dataset"]

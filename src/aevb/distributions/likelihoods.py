@@ -1,0 +1,125 @@
+"""Likelihoods p(x|z): each maps a decoder output to a distribution whose event is one datapoint.
+
+The decoder emits ``n_heads`` blocks along the channel axis (the first axis of the datapoint's
+shape): one block (logits or means), or two where the scale is predicted.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.distributions import ContinuousBernoulli, Bernoulli, Distribution, Independent, Laplace, Normal
+
+from ..errors import ConfigError, DataError
+from ..registry import Registry
+
+LIKELIHOODS: Registry[type["Likelihood"]] = Registry("likelihood")
+SCALE_MODES = ("fixed", "shared", "per_pixel", "predicted")
+
+
+class Likelihood(nn.Module):
+    """Base: ``forward(h)`` gives p(x|z) with event shape ``x_shape``; ``check_support`` rejects data
+    the likelihood cannot score."""
+
+    support: tuple[float, float] | None = None
+
+    def __init__(self, x_shape: tuple[int, ...]):
+        super().__init__()
+        self.x_shape = tuple(x_shape)
+
+    @classmethod
+    def from_config(cls, cfg, x_shape) -> "Likelihood":
+        if cfg.likelihood_scale != "shared" or cfg.likelihood_scale_init != 1.0:
+            raise ConfigError(f"--likelihood-scale and --likelihood-scale-init apply to gaussian and laplace, not {cls.registered_name}")
+        return cls(x_shape)
+
+    @property
+    def n_heads(self) -> int:
+        return 1
+
+    def check_support(self, x: torch.Tensor, name: str) -> None:
+        if self.support is None:
+            return
+        lo, hi = self.support
+        if x.numel() and (x.min() < lo or x.max() > hi):
+            raise DataError(
+                f"{name} has values in [{x.min().item():.3g}, {x.max().item():.3g}] but the "
+                f"{self.registered_name} likelihood needs [{lo}, {hi}]; rescale the data or choose "
+                "--likelihood gaussian"
+            )
+
+    def _event(self, base: Distribution) -> Distribution:
+        return Independent(base, len(self.x_shape))
+
+
+class _LogitLikelihood(Likelihood):
+    family: type[Distribution]
+    support = (0.0, 1.0)
+
+    def forward(self, h):
+        return self._event(self.family(logits=h, validate_args=False))
+
+
+@LIKELIHOODS.register("bernoulli")
+class BernoulliLikelihood(_LogitLikelihood):
+    """Bernoulli(sigmoid(h)) per pixel. On greyscale x in [0, 1] log_prob is the negative binary
+    cross-entropy (the loss of pytorch/examples), not a normalised density."""
+
+    family = Bernoulli
+
+
+@LIKELIHOODS.register("continuous_bernoulli")
+class ContinuousBernoulliLikelihood(_LogitLikelihood):
+    """The continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): a normalised density on [0, 1]."""
+
+    family = ContinuousBernoulli
+
+
+class _LocationScaleLikelihood(Likelihood):
+    """Mean from the decoder; scale ``fixed``, ``shared`` (one learned scalar), ``per_pixel``
+    (a learned map of x's shape) or ``predicted`` (a second decoder head, h = [mean, log scale])."""
+
+    family: type[Distribution]
+
+    @classmethod
+    def from_config(cls, cfg, x_shape):
+        return cls(x_shape, cfg.likelihood_scale, cfg.likelihood_scale_init)
+
+    def __init__(self, x_shape, scale: str = "shared", scale_init: float = 1.0):
+        super().__init__(x_shape)
+        if scale not in SCALE_MODES:
+            raise ConfigError(f"unknown likelihood_scale {scale!r}; choose one of: {', '.join(SCALE_MODES)}")
+        if not scale_init > 0:
+            raise ConfigError(f"likelihood_scale_init must be positive, got {scale_init}")
+        self.scale_mode = scale
+        log_scale = torch.full(self.x_shape if scale == "per_pixel" else (), math.log(scale_init))
+        if scale in ("shared", "per_pixel"):
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    @property
+    def n_heads(self):
+        return 2 if self.scale_mode == "predicted" else 1
+
+    def forward(self, h):
+        if self.scale_mode == "predicted":
+            mean, log_scale = h.chunk(2, dim=-len(self.x_shape))
+        else:
+            mean, log_scale = h, self.log_scale
+        return self._event(self.family(mean, log_scale.exp(), validate_args=False))
+
+
+@LIKELIHOODS.register("gaussian")
+class GaussianLikelihood(_LocationScaleLikelihood):
+    """N(x; f(z), σ²) per pixel."""
+
+    family = Normal
+
+
+@LIKELIHOODS.register("laplace")
+class LaplaceLikelihood(_LocationScaleLikelihood):
+    """Laplace(x; f(z), b) per pixel: an L1 reconstruction error with a learned scale."""
+
+    family = Laplace

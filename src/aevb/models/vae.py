@@ -1,0 +1,82 @@
+"""The variational autoencoder: q(z|x) from an encoder net, a prior p(z), p(x|z) from a decoder net.
+
+The model only builds distributions; estimators (aevb.objectives) turn them into bounds.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Distribution
+
+from .. import nets
+from ..distributions import LIKELIHOODS, POSTERIORS, PRIORS
+from ..objectives import ESTIMATORS, ELBOTerms, has_analytic_kl
+from . import MODELS
+
+
+class VAE(nn.Module):
+    """encode(x) = q(z|x), prior() = p(z), decode(z) = p(x|z), all torch Distributions."""
+
+    def __init__(self, x_shape, latent_dim, encoder, decoder, posterior, prior, likelihood):
+        super().__init__()
+        self.x_shape = tuple(x_shape)
+        self.latent_dim = latent_dim
+        self.encoder, self.decoder = encoder, decoder
+        self.posterior, self.prior_net, self.likelihood = posterior, prior, likelihood
+        self._analytic_kl: bool | None = None
+
+    def encode(self, x: torch.Tensor) -> Distribution:
+        """q(z|x) with batch shape (N,) and event shape (latent_dim,)."""
+        return self.posterior(self.encoder(x))
+
+    def decode(self, z: torch.Tensor) -> Distribution:
+        """p(x|z) with batch shape z.shape[:-1] and event shape x_shape."""
+        return self.likelihood(self.decoder(z))
+
+    def prior(self) -> Distribution:
+        return self.prior_net()
+
+    def has_analytic_kl(self) -> bool:
+        """Whether KL(q(z|x) ‖ p(z)) has a registered closed form (decided once per model)."""
+        if self._analytic_kl is None:
+            p = next(self.parameters())
+            x = torch.zeros(1, *self.x_shape, device=p.device, dtype=p.dtype)
+            with torch.no_grad():
+                self._analytic_kl = has_analytic_kl(self.encode(x), self.prior())
+        return self._analytic_kl
+
+    def elbo(self, x: torch.Tensor, estimator: str = "auto", samples: int = 1, beta: float = 1.0) -> ELBOTerms:
+        """Per-datapoint ELBO terms of x under a registered estimator (A, B, auto, iwae)."""
+        return ESTIMATORS[estimator](self, x, samples, beta)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """n draws z ~ p(z) decoded to the mean of p(x|z): shape (n, *x_shape)."""
+        return self.decode(self.prior().sample((n,))).mean
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """Posterior means E_q[z|x], shape (N, latent_dim), computed in batches."""
+        return torch.cat([self.encode(x[i:i + batch_size]).mean for i in range(0, len(x), batch_size)])
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x|z) at the posterior mean z = E_q[z|x]."""
+        return self.decode(self.encode(x).mean).mean
+
+
+@MODELS.register("vae")
+def build_vae(cfg, x_shape) -> VAE:
+    """A VAE from a ModelConfig: the net, posterior family, prior and likelihood looked up by name."""
+    likelihood = LIKELIHOODS[cfg.likelihood].from_config(cfg, x_shape)
+    posterior = POSTERIORS[cfg.posterior].from_config(cfg)
+    prior = PRIORS[cfg.prior].from_config(cfg)
+    out_shape = (likelihood.n_heads * x_shape[0], *x_shape[1:])
+    encoder, decoder = nets.NETS[cfg.net](
+        x_shape, posterior.n_params, cfg.latent_dim, out_shape,
+        hidden=cfg.hidden, activation=cfg.activation, conv_channels=cfg.conv_channels,
+    )
+    model = VAE(x_shape, cfg.latent_dim, encoder, decoder, posterior, prior, likelihood)
+    if cfg.init_std is not None:
+        nets.init_normal_(nn.ModuleList([encoder, decoder]), cfg.init_std)
+    return model
