@@ -99,7 +99,7 @@ def field_types() -> dict[str, tuple[str, type]]:
 
 
 def convert(key: str, value, tp) -> object:
-    """Check and convert one value to the field's type, with a one-line error naming the key."""
+    """Check and convert one value to the type of field ``key``, with a one-line error naming it."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Union:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() == "none"):
@@ -157,7 +157,7 @@ def set_key(cfg: Config, key: str, value) -> None:
     section, tp = field_types()[key]
     if not isinstance(value, (str, int, float, bool, list, type(None))):
         raise ConfigError(f"{key} has an unsupported value {value!r}")
-    setattr(getattr(cfg, section), key, convert(key.replace("_", "-"), value, tp))
+    setattr(getattr(cfg, section), key, convert(key, value, tp))
 
 
 def load_toml(path: str | Path) -> dict:

@@ -16,6 +16,7 @@ from . import rundir
 from .config import Config
 from .data import Dataset, load_dataset
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
+from .evaluate import elbo_terms
 from .errors import ConfigError, TrainingDiverged
 from .models import MODELS, build_model
 from .nets import ACTIVATIONS, NETS
@@ -63,19 +64,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-@torch.no_grad()
-def evaluate_terms(model, x: torch.Tensor, estimator: str, samples: int, batch_size: int) -> dict[str, float]:
-    """Mean ELBO, reconstruction term and KL over x, in batches."""
-    model.eval()
-    sums = torch.zeros(3, device=x.device, dtype=torch.float64)
-    for i in range(0, len(x), batch_size):
-        t = model.elbo(x[i:i + batch_size], estimator, samples)
-        sums += torch.stack([t.elbo.sum(), t.log_px_z.sum(), t.kl.sum()]).double()
-    model.train()
-    elbo, log_px_z, kl = (sums / len(x)).tolist()
-    return {"elbo": elbo, "log_px_z": log_px_z, "kl": kl}
 
 
 class Trainer:
@@ -127,7 +115,8 @@ class Trainer:
     def test(self) -> dict[str, float]:
         """Mean test ELBO terms under the training estimator."""
         t = self.cfg.train
-        terms = evaluate_terms(self.model, self.x_test, t.estimator, t.samples, t.eval_batch_size)
+        terms = elbo_terms(self.model, self.x_test, self.estimator, t.samples, t.eval_batch_size)
+        self.model.train()
         return {f"test_{k}": v for k, v in terms.items()}
 
 

@@ -101,9 +101,9 @@ def binarize(ds: Dataset, mode: str) -> Dataset:
     for t, part in ((ds.train_x, "train"), (ds.test_x, "test")):
         if t.min() < 0 or t.max() > 1:
             raise DataError(f"--binarize {mode} needs {part} values in [0, 1]; rescale the data or use --binarize none")
-    g = torch.Generator().manual_seed(BINARIZE_SEED)
-    train_x = torch.bernoulli(ds.train_x, generator=g) if mode == "static" else ds.train_x
-    test_x = torch.bernoulli(ds.test_x, generator=g)
+    draw = lambda x, seed: torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+    train_x = draw(ds.train_x, BINARIZE_SEED + 1) if mode == "static" else ds.train_x
+    test_x = draw(ds.test_x, BINARIZE_SEED)
     return Dataset(ds.name, ds.source, train_x, ds.train_y, test_x, ds.test_y, mode)
 
 

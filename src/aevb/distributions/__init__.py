@@ -1,8 +1,11 @@
 """Distributions for q(z|x), p(z) and p(x|z), each registered by name; all extend torch.distributions."""
 from . import kl as _kl  # noqa: F401  (registers the extra closed-form KLs)
-from .families import Logistic
+from .families import Erlang, Gompertz, InverseCDF, Logistic, MultivariateStudentT, Rayleigh, Reciprocal, Triangular
 from .likelihoods import LIKELIHOODS, SCALE_MODES, Likelihood
 from .posteriors import POSTERIORS, PosteriorFamily
 from .priors import PRIORS
 
-__all__ = ["LIKELIHOODS", "POSTERIORS", "PRIORS", "SCALE_MODES", "Likelihood", "Logistic", "PosteriorFamily"]
+__all__ = [
+    "LIKELIHOODS", "POSTERIORS", "PRIORS", "SCALE_MODES", "Erlang", "Gompertz", "InverseCDF", "Likelihood", "Logistic",
+    "MultivariateStudentT", "PosteriorFamily", "Rayleigh", "Reciprocal", "Triangular",
+]

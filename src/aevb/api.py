@@ -1,0 +1,16 @@
+"""The Python API beside the CLI: load a trained run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import rundir
+from .models import build_model
+
+
+def load(run: str | Path, device: str = "cpu"):
+    """The trained model of a run directory, in eval mode: ``encode(x)`` gives q(z|x),
+    ``decode(z)`` p(x|z), plus ``sample``, ``reconstruct``, ``embed`` and ``elbo``."""
+    cfg, meta = rundir.read_config(Path(run))
+    model = build_model(cfg.model, tuple(meta["x_shape"]))
+    rundir.load_weights(Path(run), model)
+    return model.to(device).eval()

@@ -1,0 +1,40 @@
+"""The README cannot rot: its commands are the ones CI runs and the CLI accepts."""
+import re
+import shlex
+from pathlib import Path
+
+from aevb.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def bash_blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", README, re.S)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    test_command = next(line for block in bash_blocks() for line in block.splitlines() if "pytest" in line)
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci
+
+
+def test_main_command_installs_torch_first_and_trains():
+    main_command = bash_blocks()[0].strip()
+    assert main_command.startswith("python -m pip install torch==2.13.0 && ")
+    assert main_command.endswith("&& aevb train")
+
+
+def test_every_usage_line_parses():
+    parser = build_parser()
+    usage = [line.split("#")[0].strip() for block in bash_blocks()[2:] for line in block.splitlines()]
+    for line in filter(None, usage):
+        args = shlex.split(line)
+        assert args[0] == "aevb"
+        parsed = parser.parse_args(args[1:])
+        assert parsed.func is not None, line
+
+
+def test_configs_named_in_the_readme_exist():
+    for name in re.findall(r"configs/[\w.-]+\.toml", README):
+        assert (ROOT / name).is_file(), name
