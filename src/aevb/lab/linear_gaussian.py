@@ -50,11 +50,11 @@ class LinearGaussian:
     def prior(self) -> Distribution:
         """p(z) = N(0, I_d)."""
         zeros = self.W.new_zeros(self.latent_dim)
-        return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+        return Independent(Normal(zeros, torch.ones_like(zeros), validate_args=False), 1)
 
     def decode(self, z: torch.Tensor) -> Distribution:
         """p(x|z) = N(Wz + b, σ²I), batch shape z.shape[:-1]."""
-        return Independent(Normal(z @ self.W.T + self.b, self.sigma), 1)
+        return Independent(Normal(z @ self.W.T + self.b, self.sigma, validate_args=False), 1)
 
     def encode(self, x: torch.Tensor) -> Distribution:
         """q(z|x): the given encoder, else the exact posterior."""
@@ -63,7 +63,7 @@ class LinearGaussian:
     def marginal(self) -> MultivariateNormal:
         """p(x) = N(b, WWᵀ + σ²I)."""
         cov = self.W @ self.W.T + self.sigma**2 * torch.eye(self.data_dim, dtype=self.W.dtype)
-        return MultivariateNormal(self.b, covariance_matrix=cov)
+        return MultivariateNormal(self.b, covariance_matrix=cov, validate_args=False)
 
     def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x), shape x.shape[:-1]."""
@@ -74,7 +74,9 @@ class LinearGaussian:
         precision = torch.eye(self.latent_dim, dtype=self.W.dtype) + self.W.T @ self.W / self.sigma**2
         cov = torch.cholesky_inverse(torch.linalg.cholesky(precision))
         loc = (x - self.b) @ self.W @ cov / self.sigma**2
-        return MultivariateNormal(loc, covariance_matrix=cov.expand(loc.shape[:-1] + cov.shape))
+        # one Cholesky factor shared by the batch, not one per datapoint
+        scale_tril = torch.linalg.cholesky(cov).expand(loc.shape[:-1] + cov.shape)
+        return MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """n draws (x, z) from p(x, z): shapes (n, D) and (n, d)."""
