@@ -233,6 +233,70 @@ def test_full_normal_log_prob_against_multivariate_normal_from_covariance():
     torch.testing.assert_close(q.log_prob(z), direct.log_prob(z))
 
 
+# ----------------------------------------------------------------------------------------- priors
+# name -> the exact mean, covariance and log density of the prior module's distribution, read off
+# its parameters and computed without torch.distributions.
+
+def _standard_normal_ref(prior):
+    d = len(prior.loc)
+    return Ref(torch.zeros(d, dtype=DT), torch.eye(d, dtype=DT),
+               lambda z: stats.multivariate_normal(np.zeros(d), np.eye(d)).logpdf(z))
+
+
+def _mixture_ref(prior):
+    w = torch.softmax(prior.logits.detach(), 0)
+    mu, var = prior.means.detach(), prior.log_scales.detach().exp() ** 2  # (K, d)
+    mean = (w[:, None] * mu).sum(0)
+    second = (w[:, None, None] * (torch.diag_embed(var) + mu[:, :, None] * mu[:, None, :])).sum(0)
+
+    def logpdf(z):
+        per_component = stats.norm.logpdf(z[..., None, :], mu.numpy(), var.sqrt().numpy()).sum(-1)
+        return np.logaddexp.reduce(np.log(w.numpy()) + per_component, axis=-1)
+    return Ref(mean, second - mean[:, None] * mean[None, :], logpdf)
+
+
+PRIOR_REFERENCE = {"standard_normal": _standard_normal_ref, "mixture_of_gaussians": _mixture_ref}
+
+
+def prior_and_ref(name, latent_dim=3):
+    if name not in PRIOR_REFERENCE:
+        pytest.fail(f"prior {name!r} has no row in PRIOR_REFERENCE; add its exact moments and density")
+    prior = PRIORS[name](latent_dim).to(DT)
+    with torch.no_grad():  # move learnable priors off their initialisation (e.g. unequal weights)
+        for p in prior.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    return prior, PRIOR_REFERENCE[name](prior)
+
+
+@pytest.mark.parametrize("name", PRIORS.names())
+def test_prior_log_prob_and_sample_moments(name, assert_within_se):
+    prior, ref = prior_and_ref(name)
+    p = prior()
+    assert p.batch_shape == () and p.event_shape == (3,)
+    n = 200_000
+    with torch.no_grad():
+        z = p.sample((n,))
+        log_prob = p.log_prob(z[:500])
+    np.testing.assert_allclose(log_prob.numpy(), ref.logpdf(z[:500].numpy()), rtol=1e-9, atol=1e-9)
+    assert_within_se(z.mean(0), ref.mean, z.std(0) / n**0.5, f"{name} prior sample mean")
+    c = z - ref.mean
+    products = c.unsqueeze(-1) * c.unsqueeze(-2)
+    assert_within_se(products.mean(0), ref.cov, products.std(0) / n**0.5, f"{name} prior sample covariance")
+
+
+@pytest.mark.parametrize("name", PRIORS.names())
+def test_learnable_prior_parameters_receive_gradients(name):
+    prior, _ = prior_and_ref(name)
+    params = dict(prior.named_parameters())
+    if name == "standard_normal":
+        assert params == {}
+    else:
+        assert params
+        prior().log_prob(torch.randn(10, 3, dtype=DT)).sum().backward()
+        for k, p in params.items():
+            assert p.grad is not None and (p.grad != 0).all(), k
+
+
 # ------------------------------------------------------------------------------------- KL(q ‖ p)
 
 def kl_priors(latent_dim):

@@ -84,6 +84,7 @@ class Config:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+POSITIVE_ITEMS = {"hidden", "conv_channels"}  # layer sizes: every item of the list
 POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs", "batch_size", "samples",
             "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio"}
 NON_NEGATIVE = {"beta", "warmup_epochs"}
@@ -113,6 +114,8 @@ def convert(key: str, value, tp) -> object:
         items = [convert(key, v, args[0]) for v in items if v != ""]
         if not items:
             raise ConfigError(f"{key} must not be empty")
+        if key in POSITIVE_ITEMS and min(items) <= 0:
+            raise ConfigError(f"{key} must be positive sizes, got {value!r}")
         return items
     try:
         if tp is bool:
@@ -123,7 +126,7 @@ def convert(key: str, value, tp) -> object:
             if str(value).lower() in ("false", "0", "no"):
                 return False
             raise ValueError
-        if tp is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+        if tp in (int, float) and isinstance(value, bool) or tp is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
         if tp is str and not isinstance(value, str):
             raise ValueError

@@ -74,18 +74,26 @@ def sgvb_auto(model, x, samples: int = 1, beta: float = 1.0) -> ELBOTerms:
 
 def log_weights(model, x, samples: int, beta: float = 1.0) -> torch.Tensor:
     """log w_k = log p(x|z_k) + β(log p(z_k) - log q(z_k|x)), z_k ~ q(z|x); shape (samples, N)."""
+    log_px_z, log_ratio = _log_weight_terms(model, x, samples)
+    return log_px_z + beta * log_ratio
+
+
+def _log_weight_terms(model, x, samples):
+    """log p(x|z_k) and log p(z_k) - log q(z_k|x) for z_k ~ q(z|x), each of shape (samples, N)."""
     q_z, z, log_px_z = _sample(model, x, samples)
-    return log_px_z + beta * (model.prior().log_prob(z) - q_z.log_prob(z))
+    return log_px_z, model.prior().log_prob(z) - q_z.log_prob(z)
 
 
 @ESTIMATORS.register("iwae")
 def iwae_bound(model, x, samples: int = 1, beta: float = 1.0) -> ELBOTerms:
     """The importance-weighted bound (Burda et al. 2015, eq. 8):
-    log 1/k Σ_k p(x, z_k)/q(z_k|x) ≤ log p(x), rising with k; k = 1 is estimator A."""
-    log_w = log_weights(model, x, samples, beta)
-    bound = torch.logsumexp(log_w, 0) - math.log(samples)
-    nan = torch.full_like(bound, float("nan"))
-    return ELBOTerms(bound, nan, nan, bound)
+    log 1/k Σ_k p(x, z_k)/q(z_k|x) ≤ log p(x), rising with k; k = 1 is estimator A.
+    The objective weights log p(z_k) - log q(z_k|x) by β; ``elbo`` is the unweighted bound."""
+    log_px_z, log_ratio = _log_weight_terms(model, x, samples)
+    bound = lambda b: torch.logsumexp(log_px_z + b * log_ratio, 0) - math.log(samples)
+    elbo = bound(1.0)
+    nan = torch.full_like(elbo, float("nan"))
+    return ELBOTerms(elbo, nan, nan, elbo if beta == 1.0 else bound(beta))
 
 
 def score_function_surrogate(log_q: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
