@@ -281,7 +281,8 @@ class MultivariateStudentT(Distribution):
     has_rsample = True
 
     def __init__(self, df, loc, scale_tril, validate_args=None):
-        loc, scale_tril = torch.as_tensor(loc), torch.as_tensor(scale_tril)
+        loc = torch.as_tensor(loc)
+        scale_tril = torch.as_tensor(scale_tril, dtype=loc.dtype, device=loc.device)
         df = torch.as_tensor(df, dtype=loc.dtype, device=loc.device)
         batch_shape = torch.broadcast_shapes(df.shape, loc.shape[:-1], scale_tril.shape[:-2])
         d = loc.shape[-1]

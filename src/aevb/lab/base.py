@@ -1,6 +1,7 @@
 """What every demonstration shares: the registry, the result table and the figure writer."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ..registry import Registry
+from ..train import seed_everything
 
 LABS: Registry = Registry("lab demonstration")
 
@@ -36,12 +38,26 @@ class Result:
         return "\n".join([self.title, line(self.columns), rule, *map(line, cells)])
 
 
+def demonstration(fn):
+    """Wrap a lab's ``run(out_dir, seed, quick)``: one seed drives torch, numpy and random, and
+    the run uses one thread (its many tiny tensor ops lose more to thread synchronisation than
+    they gain), restoring the caller's thread count after."""
+
+    @functools.wraps(fn)
+    def run(out_dir: Path, seed: int = 0, quick: bool = False) -> Result:
+        seed_everything(seed)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(Path(out_dir), seed, quick)
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
+
+
 def _cell(value) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else str(value)
 
 
 def save_figure(fig: Figure, out_dir: Path, name: str) -> Path:
@@ -56,8 +72,8 @@ def save_figure(fig: Figure, out_dir: Path, name: str) -> Path:
 
 
 def z_scores(estimate: torch.Tensor, exact: torch.Tensor, standard_error: torch.Tensor) -> torch.Tensor:
-    """|estimate - exact| / standard error, elementwise; 0 where both the difference and the
-    standard error vanish (a quantity the samples do not vary)."""
+    """|estimate - exact| / standard error, elementwise. Where the standard error is 0 (a
+    quantity the samples do not vary) it is 0 if the difference is 0 too, else inf."""
     diff = (estimate - exact).abs()
     return torch.where(standard_error > 0, diff / standard_error.clamp(min=torch.finfo(diff.dtype).tiny),
                        torch.where(diff > 0, torch.inf, 0.0))

@@ -17,8 +17,7 @@ from matplotlib.figure import Figure
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from ..objectives import sgvb_a, sgvb_b
-from ..train import seed_everything
-from .base import LABS, Result, mean_and_se, save_figure
+from .base import LABS, Result, demonstration, mean_and_se, save_figure
 from .linear_gaussian import LinearGaussian
 
 
@@ -58,9 +57,9 @@ def monte_carlo(model: LinearGaussian, q: MultivariateNormal, x: torch.Tensor, e
 
 
 @LABS.register("elbo-gap")
-def run(out_dir: Path, seed: int = 0, quick: bool = False) -> Result:
+@demonstration
+def run(out_dir: Path, seed: int, quick: bool) -> Result:
     """log p(x) = ELBO(q) + KL(q ‖ p(z|x)) for a family of q, closed form and Monte Carlo."""
-    seed_everything(seed)
     repeats = 20_000 if quick else 200_000
     g = torch.Generator().manual_seed(seed)
     model = make_model(g)

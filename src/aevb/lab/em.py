@@ -23,8 +23,7 @@ import torch
 from matplotlib.figure import Figure
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from ..train import seed_everything
-from .base import LABS, Result, save_figure
+from .base import LABS, Result, demonstration, save_figure
 from .linear_gaussian import LinearGaussian
 
 TRUE_WEIGHTS = (0.5, 0.3, 0.2)
@@ -60,7 +59,8 @@ def gmm_data(n: int, generator: torch.Generator) -> torch.Tensor:
 def gmm_init(X: torch.Tensor, k: int, generator: torch.Generator) -> Mixture:
     """Uniform weights, means at k distinct random data points, identity covariances."""
     idx = torch.randperm(len(X), generator=generator)[:k]
-    return Mixture(torch.full((k,), 1 / k, dtype=X.dtype), X[idx].clone(), torch.eye(X.shape[1], dtype=X.dtype).repeat(k, 1, 1))
+    eye = torch.eye(X.shape[1], dtype=X.dtype)
+    return Mixture(torch.full((k,), 1 / k, dtype=X.dtype), X[idx].clone(), eye.repeat(k, 1, 1))
 
 
 def gmm_em_step(X: torch.Tensor, theta: Mixture) -> Mixture:
@@ -130,9 +130,9 @@ def ppca_ml_covariance(X: torch.Tensor, latent_dim: int) -> torch.Tensor:
 
 
 @LABS.register("em")
-def run(out_dir: Path, seed: int = 0, quick: bool = False) -> Result:
+@demonstration
+def run(out_dir: Path, seed: int, quick: bool) -> Result:
     """EM for a Gaussian mixture and for probabilistic PCA, against scikit-learn."""
-    seed_everything(seed)
     g = torch.Generator().manual_seed(seed)
     gmm_iters, ppca_iters = (30, 100) if quick else (60, 200)
     X = gmm_data(600, g)
@@ -154,7 +154,8 @@ def run(out_dir: Path, seed: int = 0, quick: bool = False) -> Result:
              "sklearn GaussianMixture, same init", sk.log_likelihood(X), gmm_diff],
             ["probabilistic PCA (D=8, d=2, N=500)", ppca_iters, min(np.diff(ppca_trace)), ppca_trace[-1],
              "closed-form ML (sklearn PCA)", ml_ll, ppca_diff]]
-    columns = ["model", "iterations", "min Δ log-lik", "log-lik (EM)", "reference", "log-lik (ref)", "max |Δ parameter|"]
+    columns = ["model", "iterations", "min Δ log-lik", "log-lik (EM)", "reference", "log-lik (ref)",
+               "max |Δ parameter|"]
     figure = _plot(out_dir, X, theta, sk, gmm_trace, gm.lower_bounds_, ppca_trace, ml_ll)
     return Result("EM never decreases the log-likelihood (mean per datapoint, nats) and reaches the reference",
                   columns, rows, figure)

@@ -22,8 +22,7 @@ from matplotlib.figure import Figure
 from torch.distributions import Independent, Normal
 
 from ..objectives import score_function_surrogate
-from ..train import seed_everything
-from .base import LABS, Result, mean_and_se, save_figure, z_scores
+from .base import LABS, Result, demonstration, mean_and_se, save_figure, z_scores
 
 MU, SIGMA = 0.5, 0.8
 ESTIMATORS = ("score function", "pathwise")
@@ -89,9 +88,9 @@ def variance_against_samples(fn: TestFunction, dim: int, estimator: str, sizes, 
 
 
 @LABS.register("gradient-estimators")
-def run(out_dir: Path, seed: int = 0, quick: bool = False) -> Result:
+@demonstration
+def run(out_dir: Path, seed: int, quick: bool) -> Result:
     """Bias and variance of both estimators for three f (appendix A)."""
-    seed_everything(seed)
     n, repeats = (20_000, 100) if quick else (100_000, 400)
     dim, sizes, dims = 4, [1, 4, 16, 64, 256], [1, 4, 16, 64, 256]
     nets = {d: neural_net(d, torch.Generator().manual_seed(seed + d)) for d in dims}
@@ -109,7 +108,8 @@ def run(out_dir: Path, seed: int = 0, quick: bool = False) -> Result:
                 other_mean, other_se = mean_and_se(grads[ESTIMATORS[1 - ESTIMATORS.index(est)]])
                 z = z_scores(mean, other_mean, (se**2 + other_se**2).sqrt())
             var_L[name, est] = variance_against_samples(fn, dim, est, sizes, repeats)
-            var_d[name, est] = np.array([per_sample_gradients(make(d), d, n // 10, est)[:, 0].var().item() for d in dims])
+            var_d[name, est] = np.array([per_sample_gradients(make(d), d, n // 10, est)[:, 0].var().item()
+                                         for d in dims])
             slope = np.polyfit(np.log(sizes), np.log(var_L[name, est]), 1)[0]
             rows.append([name, est, mean[0].item(), exact[0].item() if exact is not None else "n/a",
                          z.max().item(), slope, *var_d[name, est][[0, 2, 4]].tolist()])

@@ -6,7 +6,7 @@ Both estimators of p(x) are unbiased: p(x) ≈ 1/K Σ_k p(x|z_k), z_k ~ p(z), an
 p(x) ≈ 1/K Σ_k p(x, z_k)/q(z_k|x), z_k ~ q(z|x). Their logs are the IWAE bound of the library
 (``iwae_bound``) with q = p(z) and with q = q(z|x). An importance sampler needs about
 K ≈ exp KL(p(z|x) ‖ proposal) samples (Chatterjee & Diaconis 2018); KL(p(z|x) ‖ p(z)) grows in
-proportion to the latent dimension, KL(p(z|x) ‖ q(z|x)) stays small for a q close to the
+proportion to the latent dimension, KL(p(z|x) ‖ q(z|x)) far more slowly for a q close to the
 posterior, so prior sampling breaks down as d grows while importance sampling does not.
 
 q(z|x) here is the diagonal Gaussian with the posterior's marginal means and variances: the
@@ -23,8 +23,7 @@ from matplotlib.figure import Figure
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 from ..objectives import iwae_bound
-from ..train import seed_everything
-from .base import LABS, Result, save_figure
+from .base import LABS, Result, demonstration, save_figure
 from .linear_gaussian import LinearGaussian
 
 DATA_PER_LATENT, SIGMA, SIGNAL = 2, 0.5, 1.0
@@ -52,9 +51,9 @@ def estimates(model: LinearGaussian, x: torch.Tensor, proposal: str, samples: in
 
 
 @LABS.register("naive-mc")
-def run(out_dir: Path, seed: int = 0, quick: bool = False) -> Result:
+@demonstration
+def run(out_dir: Path, seed: int, quick: bool) -> Result:
     """Error and spread of log p(x) estimates from prior sampling and from importance sampling."""
-    seed_everything(seed)
     dims = [1, 2, 4, 8, 16, 32]
     samples, repeats = (500, 50) if quick else (1000, 200)
     rows = []
@@ -64,7 +63,7 @@ def run(out_dir: Path, seed: int = 0, quick: bool = False) -> Result:
         x = model.sample(1, g)[0][0]
         log_px = model.log_marginal(x).item()
         posterior = model.posterior(x)
-        kl_prior = kl_divergence(posterior, MultivariateNormal(torch.zeros(d, dtype=x.dtype), torch.eye(d, dtype=x.dtype)))
+        kl_prior = kl_divergence(posterior, model.prior())
         kl_q = kl_divergence(posterior, MultivariateNormal(posterior.loc, torch.diag(posterior.variance)))
         row = [d, kl_prior.item(), kl_q.item()]
         for proposal in ("prior", "q"):
@@ -83,7 +82,8 @@ def _plot(out_dir, table: np.ndarray, samples: int) -> Path:
     d = table[:, 0]
     ax = axes[0]
     ax.errorbar(d, table[:, 3], yerr=table[:, 4], fmt="-o", color="C3", capsize=3, label="prior sampling")
-    ax.errorbar(d, table[:, 5], yerr=table[:, 6], fmt="-s", color="C0", capsize=3, label="importance sampling from q(z|x)")
+    ax.errorbar(d, table[:, 5], yerr=table[:, 6], fmt="-s", color="C0", capsize=3,
+                label="importance sampling from q(z|x)")
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xscale("log", base=2)
     ax.set_yscale("symlog", linthresh=0.1)
