@@ -11,7 +11,7 @@ import torch
 import aevb
 from aevb.cli import main
 
-QUICK = ["--train-size", "300", "--test-size", "100", "--epochs", "2", "--quiet"]
+QUICK = ["--train-size", "300", "--test-size", "100", "--epochs", "2", "--quiet", "--no-report"]
 
 
 def aevb_cli(*args, cwd=None):
@@ -58,10 +58,10 @@ def test_evaluate_sample_reconstruct(mnist_run, capsys):
 
 
 def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path):
-    common = ["--dataset", "digits", "--hidden", "32", "--latent-dim", "2", "--quiet"]
+    common = ["--dataset", "digits", "--hidden", "32", "--latent-dim", "2", "--quiet", "--no-report"]
     assert main(["train", *common, "--epochs", "3", "--out", str(tmp_path / "straight")]) == 0
     assert main(["train", *common, "--epochs", "1", "--out", str(tmp_path / "resumed")]) == 0
-    assert main(["train", "--resume", "--epochs", "3", "--out", str(tmp_path / "resumed"), "--quiet"]) == 0
+    assert main(["train", "--resume", "--epochs", "3", "--out", str(tmp_path / "resumed"), "--quiet", "--no-report"]) == 0
     a, b = aevb.load(tmp_path / "straight"), aevb.load(tmp_path / "resumed")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
@@ -73,7 +73,7 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path):
 def test_config_file_and_flags(tmp_path):
     (tmp_path / "c.toml").write_text('[model]\nlatent_dim = 3\nhidden = [16]\n[train]\nepochs = 1\n')
     assert main(["train", "--config", str(tmp_path / "c.toml"), "--dataset", "digits", "--latent-dim", "5",
-                 "--out", str(tmp_path / "r"), "--quiet"]) == 0
+                 "--out", str(tmp_path / "r"), "--quiet", "--no-report"]) == 0
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg["model"]["latent_dim"] == 5 and cfg["model"]["hidden"] == [16]  # the flag wins over the file
 
@@ -88,10 +88,23 @@ def test_config_file_and_flags(tmp_path):
 ])
 def test_every_variant_trains(tmp_path, variant):
     args = ["train", "--dataset", "digits", "--hidden", "32", "--latent-dim", "2", "--epochs", "1", "--train-size", "256",
-            "--quiet", "--out", str(tmp_path / "r"), *variant]
+            "--quiet", "--no-report", "--out", str(tmp_path / "r"), *variant]
     assert main(args) == 0
     record = json.loads((tmp_path / "r" / "metrics.jsonl").read_text())
     assert np.isfinite(record["test_elbo"])
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    """A folder with a mis-shaped npz, an out-of-range npz and a run whose weights are truncated."""
+    tmp = tmp_path_factory.mktemp("bad")
+    np.savez(tmp / "shape.npz", x_train=np.zeros((4, 3)), x_test=np.zeros((4, 5)))
+    np.savez(tmp / "range.npz", x_train=np.full((4, 3), 2.0), x_test=np.zeros((4, 3)))
+    corrupt = tmp / "corrupt"
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--hidden", "8", "--out", str(corrupt), "--quiet", "--no-report"]) == 0
+    weights = corrupt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    return tmp
 
 
 @pytest.mark.parametrize("args, message", [
@@ -109,22 +122,16 @@ def test_every_variant_trains(tmp_path, variant):
     (["sample", "{tmp}/corrupt"], "corrupt or truncated"),
     (["frobnicate"], "invalid choice"),
 ])
-def test_user_mistakes_get_one_line_and_exit_2(tmp_path, args, message):
-    np.savez(tmp_path / "shape.npz", x_train=np.zeros((4, 3)), x_test=np.zeros((4, 5)))
-    np.savez(tmp_path / "range.npz", x_train=np.full((4, 3), 2.0), x_test=np.zeros((4, 3)))
-    corrupt = tmp_path / "corrupt"
-    assert main(["train", "--dataset", "digits", "--epochs", "1", "--hidden", "8", "--out", str(corrupt), "--quiet"]) == 0
-    weights = corrupt / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
-    result = aevb_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], cwd=tmp_path)
+def test_user_mistakes_get_one_line_and_exit_2(bad_inputs, args, message):
+    result = aevb_cli(*[a.replace("{tmp}", str(bad_inputs)) for a in args], cwd=bad_inputs)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("aevb: error: ") and message in lines[0], result.stderr
-    assert not (tmp_path / "runs").exists()  # nothing half-made
+    assert not (bad_inputs / "runs").exists()  # nothing half-made
 
 
 def test_an_existing_run_directory_is_refused_without_overwrite(tmp_path, capsys):
-    args = ["train", "--dataset", "digits", "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(tmp_path / "r")]
+    args = ["train", "--dataset", "digits", "--epochs", "1", "--hidden", "8", "--quiet", "--no-report", "--out", str(tmp_path / "r")]
     assert main(args) == 0
     before = (tmp_path / "r" / "model.safetensors").read_bytes()
     assert main(args) == 2

@@ -13,11 +13,20 @@ from .registry import did_you_mean
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that raises ConfigError (one line, exit 2) instead of printing usage."""
+    """argparse that raises ConfigError (one line, exit 2) instead of printing usage. A
+    ``lazy_description`` callable, where set, writes the description when help is asked for (so
+    that listing the labs does not import them on every command)."""
+
+    lazy_description = None
+
+    def format_help(self):
+        if self.lazy_description is not None:
+            self.description = self.lazy_description()
+        return super().format_help()
 
     def error(self, message):
         if message.startswith("unrecognized arguments: "):
-            flag = message.split()[2]
+            flag = message[len("unrecognized arguments: "):].split(" ")[0]
             message += did_you_mean(flag, self.all_flags())
         raise ConfigError(f"{message}; see '{self.prog} --help'")
 
@@ -66,8 +75,20 @@ def config_from_args(args) -> "Config":
 def cmd_train(args) -> None:
     from .train import train
 
+    if args.resume and args.out and not args.config and (Path(args.out) / "config.json").is_file():
+        args.config = str(Path(args.out) / "config.json")  # resume with the run's settings; flags given now override
     run = train(config_from_args(args), args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     print(f"run directory: {run}" if args.quiet else f"done; the run is in {run}")
+    if not args.no_report:
+        from .viz import write_report
+
+        try:
+            report = write_report(run)
+        except UserError as e:  # the run itself is saved; say why the page is missing and go on
+            print(f"aevb: warning: no report ({e}); the run is complete", file=sys.stderr)
+            return
+        if not args.quiet:
+            print(f"report: {report}")
 
 
 def load_test_data(run: Path, n: int | None = None):
@@ -83,57 +104,101 @@ def load_test_data(run: Path, n: int | None = None):
 
 def cmd_evaluate(args) -> None:
     from .api import load
-    from .evaluate import evaluate
+    from .evaluate import evaluate, format_evaluation
     from .rundir import write_text
 
     run = Path(args.run)
     model = load(run)
     x = load_test_data(run, args.test_size)
     ks = sorted({1, 5, 50, args.k} if args.k >= 50 else {1, args.k})
-    result = evaluate(model, x, ks, samples=args.samples, max_memory=int(args.max_memory * 2**20))
+    result = evaluate(model, x, ks, samples=args.samples, max_memory=int(args.max_memory * 2**20),
+                      progress=sys.stderr.isatty())
     write_text(run / "eval.json", json.dumps(result, indent=2) + "\n")
     print(format_evaluation(result))
     print(f"written to {run / 'eval.json'}")
 
 
-def format_evaluation(r: dict) -> str:
-    rows = [("ELBO (estimator A)", r["elbo_A"]["elbo"])]
-    if "elbo_B" in r:
-        rows.append(("ELBO (estimator B)", r["elbo_B"]["elbo"]))
-    key = "elbo_B" if "elbo_B" in r else "elbo_A"
-    rows += [("  reconstruction E[log p(x|z)]", r[key]["log_px_z"]), ("  KL(q(z|x) || p(z))", r[key]["kl"])]
-    rows += [(f"IWAE bound, k={k}", v) for k, v in r["iwae"].items()]
-    ll = r["log_likelihood"]
-    lines = [f"test set: {r['n']} datapoints, nats per datapoint"] + [f"{name:<34}{v:>12.3f}" for name, v in rows]
-    lines.append(f"{'log p(x), importance sampled':<34}{ll['value']:>12.3f}  ± {ll['standard_error']:.3f} (k={ll['k']})")
-    lines.append(f"{'bits/dim':<34}{r['bits_per_dim']:>12.4f}")
-    return "\n".join(lines)
-
-
 def cmd_sample(args) -> None:
-    import torch
+    from .viz import fig_samples
 
-    from .api import load
-    from .viz import save_grid
-
-    torch.manual_seed(args.seed)
-    run = Path(args.run)
-    path = save_grid(load(run).sample(args.n), args.out or run / "samples.png")
+    path = fig_samples(args.run, args.out, n=args.n, seed=args.seed)
     print(f"wrote {args.n} samples to {path}")
 
 
 def cmd_reconstruct(args) -> None:
-    import torch
+    from .viz import fig_reconstructions
 
-    from .api import load
-    from .viz import save_grid
+    path = fig_reconstructions(args.run, args.out, n=args.n)
+    print(f"wrote up to {args.n} test images beside their reconstructions to {path}")
+
+
+FIGURE_OPTIONS = {  # plot option -> the figures it applies to
+    "n": ("samples", "reconstructions", "manifold"), "seed": ("samples",),
+    "classes": ("interpolation",), "indices": ("interpolation",), "steps": ("interpolation",),
+}
+
+
+def cmd_plot(args) -> None:
+    from .errors import DataError
+    from .rundir import read_config
+    from .viz import FIGURES
+    from .viz.figures import IMAGE_FIGURES, is_image_data, subject
 
     run = Path(args.run)
-    x = load_test_data(run, args.n)
-    recon = load(run).reconstruct(x)
-    pairs = torch.stack([x, recon], 1).flatten(0, 1)  # input, reconstruction, input, ...
-    path = save_grid(pairs, args.out or run / "reconstructions.png", ncols=2 * min(8, len(x)))
-    print(f"wrote {len(x)} test images beside their reconstructions to {path}")
+    read_config(run)
+    names = args.figures or list(FIGURES)
+    for name in names:
+        FIGURES[name]  # an unknown name fails here, with a suggestion
+    if args.out and len(names) != 1:
+        raise ConfigError(f"--out names one PNG, but {len(names)} figures were asked for; leave it out and they go to {run}/NAME.png")
+    for option, applies in FIGURE_OPTIONS.items():
+        if getattr(args, option) is not None and not set(applies) & set(names):
+            raise ConfigError(f"--{option} applies to the {' and '.join(applies)} figure{'s' if len(applies) > 1 else ''} only")
+    subj = subject(run, test_size=args.test_size)
+    for name in names:
+        if not args.figures and name in IMAGE_FIGURES and not is_image_data(subj.x_shape):
+            print(f"skipped {name}: the data of shape {subj.x_shape} are not images")
+            continue
+        kwargs = {k: getattr(args, k) for k, applies in FIGURE_OPTIONS.items()
+                  if name in applies and getattr(args, k) is not None}
+        try:
+            path = FIGURES[name](run if name == "curves" else subj, args.out, **kwargs)
+        except DataError as e:
+            if args.figures:
+                raise
+            print(f"skipped {name}: {e}")
+            continue
+        print(f"{name:<16}{path}")
+
+
+def cmd_report(args) -> None:
+    from .viz import write_report
+
+    print(f"wrote {write_report(args.run, args.out, test_size=args.test_size)}")
+
+
+def lab_names() -> str:
+    """The registered lab demonstrations with the first line of their docstrings, for --help."""
+    try:
+        from .lab import LABS
+    except Exception as e:  # the lab is optional for everything else; say why it is missing
+        return f"The lab could not be loaded here ({type(e).__name__}: {e})."
+    lines = ["Numerical demonstrations of the theory. Each writes a figure (lab-NAME.png in --out) and prints "
+             "its key numbers. Available:"]
+    for name in LABS.names():
+        doc = (getattr(LABS[name], "__doc__", None) or "").strip().splitlines()
+        lines.append(f"  {name:<22}{doc[0] if doc else ''}")
+    return "\n".join(lines)
+
+
+def cmd_lab(args) -> None:
+    from .lab import LABS
+
+    run = LABS[args.name]
+    out = Path(args.out)
+    result = run(out, args.seed, quick=True) if args.quick else run(out, args.seed)
+    print(result.format())
+    print(f"figure: {result.figure}")
 
 
 def cmd_datasets(args) -> None:
@@ -154,6 +219,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="aevb", description="Variational autoencoders by Auto-Encoding Variational Bayes.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -164,15 +239,21 @@ def build_parser() -> Parser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--no-report", action="store_true", help="do not write RUN/report.html at the end")
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="test-set ELBO (A and B), IWAE bounds and the IS log-likelihood")
+    p = sub.add_parser("evaluate", help="test-set ELBO (A and B), IWAE bounds, the IS log-likelihood and collapse diagnostics",
+                       description="Test-set ELBO (estimators A and B), the IWAE bound for k = 1, 5, 50 and --k, the "
+                       "importance-sampled log-likelihood with its standard error, bits/dim, KL per latent dimension and "
+                       "active units (Burda et al. 2015), with a warning when the posterior has collapsed. Writes RUN/eval.json.")
     p.add_argument("run")
     p.add_argument("--k", type=positive_int, default=5000, help="importance samples (default 5000)")
     p.add_argument("--samples", type=positive_int, default=1, help="L, samples per datapoint for the ELBO")
     p.add_argument("--test-size", type=positive_int, help="evaluate on the first N test images only")
-    p.add_argument("--max-memory", type=float, default=512, help="MiB for one batched decoder pass")
+    p.add_argument("--max-memory", type=positive_float, default=512,
+                   help="MiB at most for one batched decoder pass of many datapoints' samples (default 512; "
+                        "on the CPU passes stay under 64 MiB, where they run fastest)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sample", help="a PNG grid of samples from the prior")
@@ -188,6 +269,44 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="PNG path (default RUN/reconstructions.png)")
     p.set_defaults(func=cmd_reconstruct)
 
+    figures = "samples, reconstructions, curves, latent, manifold, interpolation, histograms, kl"
+    p = sub.add_parser("plot", help=f"figures of a run as PNG ({figures})", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=f"""Draw figures of a trained run into RUN/NAME.png (all of them without FIGURE).
+
+  samples          draws from the prior, decoded
+  reconstructions  test images beside their reconstructions
+  curves           train and test ELBO against training samples seen, log x axis (Kingma & Welling Fig. 2)
+  latent           posterior means of test images, PCA to 2-D, coloured by label
+  manifold         decoded grid of prior quantiles (Kingma & Welling Fig. 4; principal directions beyond 2-D)
+  interpolation    linear and spherical paths between two test images (default the first 3 and 5)
+  histograms       each latent dimension's posterior means, stacked by class
+  kl               KL per latent dimension, active and inactive units""")
+    p.add_argument("run")
+    p.add_argument("figures", nargs="*", metavar="FIGURE", help=f"any of: {figures} (default: all)")
+    p.add_argument("--out", help="PNG path, with one FIGURE (default RUN/FIGURE.png)")
+    p.add_argument("--test-size", type=positive_int, help="draw from the first N test images only")
+    p.add_argument("--n", type=positive_int, help="samples: images (64); reconstructions: pairs (32); manifold: grid side (20)")
+    p.add_argument("--seed", type=int, help="samples: seed of the prior draws (0)")
+    p.add_argument("--classes", type=int, nargs=2, metavar=("A", "B"), help="interpolation: from the first test image labelled A to the first labelled B (3 5)")
+    p.add_argument("--indices", type=int, nargs=2, metavar=("I", "J"), help="interpolation: between test images I and J")
+    p.add_argument("--steps", type=positive_int, help="interpolation: decoded points on each path (10)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("report", help="RUN/report.html: one self-contained page with config, metrics and every figure")
+    p.add_argument("run")
+    p.add_argument("--out", help="HTML path (default RUN/report.html)")
+    p.add_argument("--test-size", type=positive_int, help="draw the figures from the first N test images only")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("lab", help="numerical demonstrations of the theory ('aevb lab --help' lists them)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.lazy_description = lab_names
+    p.add_argument("name", metavar="NAME", help="the demonstration to run")
+    p.add_argument("--out", default="lab", help="folder for the figure (default ./lab)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="fewer samples: seconds instead of minutes")
+    p.set_defaults(func=cmd_lab)
+
     p = sub.add_parser("datasets", help="which datasets are available here, and from where")
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_datasets)
@@ -201,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"aevb: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("aevb: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # TrainingInterrupted says where the checkpoint is and has its exit code
+        print(f"aevb: {str(e) or 'interrupted'}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     return 0
 
 

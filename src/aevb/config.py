@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ class TrainConfig:
     cycle_ratio: float = 0.5
     device: str = "auto"
     eval_batch_size: int = 1000
+    on_nan: str = "stop"  # a NaN/Inf loss: stop (keeping the last good checkpoint) or roll back and lower lr
+    nan_lr_factor: float = 0.1  # rollback multiplies the learning rate by this
+    nan_retries: int = 3  # rollbacks allowed in one run before it stops anyway
 
 
 @dataclass
@@ -82,12 +86,26 @@ class Config:
         apply(cfg, d, where)
         return cfg
 
+    def validate(self) -> "Config":
+        """Check (and convert) every field again, for configs built in Python by assigning
+        attributes, which bypasses the checks of ``from_dict`` and the flags."""
+        for key, (section, tp) in field_types().items():
+            sec = getattr(self, section)
+            setattr(sec, key, convert(key, getattr(sec, key), tp))
+        return self
+
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 POSITIVE_ITEMS = {"hidden", "conv_channels"}  # layer sizes: every item of the list
 POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs", "batch_size", "samples",
-            "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio"}
+            "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
+            "nan_retries"}
 NON_NEGATIVE = {"beta", "warmup_epochs"}
+AT_MOST_ONE = {"cycle_ratio": "(0, 1]"}  # fractions: upper bound inclusive
+BELOW_ONE = {"nan_lr_factor": "(0, 1)"}  # fractions: upper bound exclusive
+BINARIZE = ("none", "dynamic", "static")
+ON_NAN = ("stop", "rollback")
+CHOICES = {"binarize": BINARIZE, "on_nan": ON_NAN}  # fixed choices (registered names are checked by their registry)
 
 
 def field_types() -> dict[str, tuple[str, type]]:
@@ -131,27 +149,44 @@ def convert(key: str, value, tp) -> object:
         if tp is str and not isinstance(value, str):
             raise ValueError
         out = tp(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{key} must be {'an' if tp is int else 'a'} {tp.__name__}, got {value!r}") from None
     if key in POSITIVE and not out > 0:
         raise ConfigError(f"{key} must be positive, got {value!r}")
     if key in NON_NEGATIVE and not out >= 0:
         raise ConfigError(f"{key} must be non-negative, got {value!r}")
+    if tp is float and not math.isfinite(out):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if key in AT_MOST_ONE and not 0 < out <= 1 or key in BELOW_ONE and not 0 < out < 1:
+        raise ConfigError(f"{key} must be in {AT_MOST_ONE.get(key) or BELOW_ONE[key]}, got {value!r}")
+    if key in CHOICES and out not in CHOICES[key]:
+        raise ConfigError(f"unknown {key} {out!r}{did_you_mean(out, list(CHOICES[key]))}; "
+                          f"choose one of: {', '.join(CHOICES[key])}")
     return out
 
 
 def apply(cfg: Config, d: dict, where: str) -> None:
     """Set the keys of d (flat, or nested by section) on cfg, checking each."""
     types = field_types()
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must hold a table of settings (key = value), not a {type(d).__name__}")
     for key, value in d.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config keys must be strings, got {key!r} in {where}")
         if key in SECTIONS and isinstance(value, dict):
             for sub_key, sub_value in value.items():
-                if types.get(sub_key, (None,))[0] != key:
+                if not isinstance(sub_key, str):
+                    raise ConfigError(f"config keys must be strings, got {sub_key!r} in [{key}] of {where}")
+                section = types.get(sub_key, (None,))[0]
+                if section != key:
                     choices = [k for k, (s, _) in types.items() if s == key]
-                    raise ConfigError(f"unknown key {sub_key!r} in [{key}] of {where}{did_you_mean(sub_key, choices)}")
+                    hint = f" (it belongs in [{section}])" if section else did_you_mean(sub_key, choices)
+                    raise ConfigError(f"unknown key {sub_key!r} in [{key}] of {where}{hint}")
                 set_key(cfg, sub_key, sub_value)
         elif key in types:
             set_key(cfg, key, value)
+        elif key in SECTIONS:
+            raise ConfigError(f"[{key}] in {where} must be a table of settings, got {value!r}")
         else:
             raise ConfigError(f"unknown key {key!r} in {where}{did_you_mean(key, list(types) + list(SECTIONS))}")
 
@@ -174,10 +209,15 @@ def load_toml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} is not valid TOML ({e}); fix the syntax") from None
     except IsADirectoryError:
         raise ConfigError(f"config file {path} is a directory; pass a .toml file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path} ({e.strerror or e}); check the path and its permissions") from None
 
 
 def load_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read {path} ({e})") from None
+        d = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read {path} ({e}); pass a TOML file or a run's config.json") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path} holds a JSON {type(d).__name__}, not a config object; pass a run's config.json")
+    return d

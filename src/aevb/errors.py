@@ -2,7 +2,11 @@
 
 
 class UserError(Exception):
-    """A mistake in the user's input, answered with one line that names the problem and the fix."""
+    """A mistake in the user's input, answered with one line that names the problem and the fix.
+    The line stays one line whatever it quotes (a file name or an argument with a newline in it)."""
+
+    def __str__(self) -> str:
+        return " ".join(part.strip() for part in super().__str__().splitlines() if part.strip())
 
 
 class ConfigError(UserError):
@@ -19,3 +23,15 @@ class RunError(UserError):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training at an epoch boundary; the run directory holds the
+    checkpoint of the last completed epoch and ``--resume`` continues it. Not a UserError (nothing
+    was wrong with the input): the CLI prints its one line and exits with ``exit_code``, 128 + the
+    signal number (130 for SIGINT, 143 for SIGTERM), as a shell does for a process a signal ended."""
+
+    def __init__(self, message: str = "interrupted", signum: int = 2):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

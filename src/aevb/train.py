@@ -2,8 +2,14 @@
 index slices of a random permutation, metrics are accumulated on the device and read once per epoch."""
 from __future__ import annotations
 
+import copy
 import math
+import os
 import random
+import shutil
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +22,7 @@ from .config import Config
 from .data import Dataset, load_dataset
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .evaluate import elbo_terms
-from .errors import ConfigError, TrainingDiverged
+from .errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
 from .models import MODELS, build_model
 from .nets import ACTIVATIONS, NETS
 from .objectives import ESTIMATORS, SCHEDULES
@@ -41,6 +47,7 @@ OPTIMIZERS.register("rmsprop")(torch.optim.RMSprop)
 
 def check_names(cfg: Config) -> None:
     """Look every registered name up before any work starts, so a typo fails at once."""
+    cfg.validate()  # types and ranges again: a Config built in Python skips the checks of from_dict
     m, t = cfg.model, cfg.train
     for registry, name in ((MODELS, m.model), (NETS, m.net), (ACTIVATIONS, m.activation), (POSTERIORS, m.posterior),
                            (PRIORS, m.prior), (LIKELIHOODS, m.likelihood), (OPTIMIZERS, t.optimizer),
@@ -129,41 +136,185 @@ class Trainer:
         return {f"test_{k}": v for k, v in terms.items()}
 
 
+# ---------------------------------------------------------------------------------------------
+# faults: signals, NaN roll-back, and the epoch loop that survives them
+#
+# A checkpoint is only ever written at an epoch boundary (weights, optimizer state and the RNG
+# state as the next epoch would find them), so that --resume is bit-identical to a run that was
+# never stopped. A signal therefore never writes a mid-epoch checkpoint: the first SIGINT or
+# SIGTERM lets the current epoch finish (test pass, metrics, checkpoint as usual) and then stops;
+# a second one abandons the current epoch at once, discarding its partial work, and stops with the
+# checkpoint of the last completed epoch. The step loop is untouched: the handler only sets a
+# flag, read between epochs, or raises (second signal) wherever the interpreter is.
+
+SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+
+class StopRequest:
+    """Context manager holding SIGINT/SIGTERM handlers for one training run (in the main thread
+    only: signals cannot be caught elsewhere); restores the previous handlers on exit."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.signum, self.previous = quiet, None, {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in SIGNAL_NAMES:
+                self.previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+    def handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise TrainingInterrupted(f"interrupted by {SIGNAL_NAMES[signum]}", signum)  # the second: abandon at once
+        self.signum = signum
+        if not self.quiet:  # os.write: print() may be in the middle of a write that this signal interrupted
+            try:
+                os.write(sys.stdout.fileno(), f"\n{SIGNAL_NAMES[signum]}: stopping when this epoch ends "
+                                              "(send it again to stop at once, discarding the epoch)\n".encode())
+            except (OSError, ValueError, AttributeError):
+                pass
+
+
+def interrupted(run: Path, signum: int, abandoned: bool) -> TrainingInterrupted:
+    """The one line an interrupted run ends with: which checkpoint is kept and how to go on."""
+    epoch = rundir.checkpoint_epoch(run)
+    what = "the unfinished epoch was discarded" if abandoned else "stopped at the end of an epoch"
+    kept = f"the checkpoint of epoch {epoch} is in {run}" if epoch else f"no epoch was completed in {run}"
+    return TrainingInterrupted(f"interrupted by {SIGNAL_NAMES[signum]}: {what}; {kept}; "
+                               f"continue with 'aevb train --resume --out {run}'", signum)
+
+
+class Snapshot:
+    """The trainer's state at the start of an epoch (the state of the last checkpoint), kept in
+    memory for ``--on-nan rollback``: weights, optimizer state and RNG state."""
+
+    def __init__(self, trainer: "Trainer"):
+        self.model = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        self.optimizer = copy.deepcopy(trainer.optimizer.state_dict())
+        self.rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def restore(self, trainer: "Trainer") -> None:
+        trainer.model.load_state_dict(self.model)
+        trainer.optimizer.load_state_dict(copy.deepcopy(self.optimizer))  # the optimizer would alias our tensors
+        torch.set_rng_state(self.rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+def check_parameters(model: torch.nn.Module, epoch: int) -> None:
+    """The last update of an epoch can make weights NaN with a finite loss; never checkpoint them."""
+    params = [p.detach().isfinite().all() for p in model.parameters()]
+    if params and not torch.stack(params).all():
+        raise TrainingDiverged(f"the parameters became NaN or Inf in epoch {epoch}")
+
+
 def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
           quiet: bool = False, data: Dataset | None = None) -> Path:
     """Train cfg's model on cfg's data; returns the run directory. With ``resume``, continue the run
-    in ``out`` from its last checkpoint (its saved config holds, except for ``epochs``)."""
-    if resume:
-        if out is None:
-            raise ConfigError("--resume needs the run directory: aevb train --resume --out RUN")
-        saved, _ = rundir.read_config(Path(out))
-        saved.train.epochs = cfg.train.epochs
-        cfg = saved
-    check_names(cfg)
-    seed_everything(cfg.train.seed)
-    data = data or load_dataset(cfg.data)
-    trainer = Trainer(cfg, data)
-    if resume:
-        run = Path(out)
-        start = rundir.load_checkpoint(run, trainer.model, trainer.optimizer)
-        rundir.truncate_metrics(run, start)
-    else:
-        run = rundir.create(Path(out) if out else rundir.default_path(cfg), overwrite)
-        rundir.write_config(run, cfg, data.x_shape, data.source, data.n_classes)
-        start = 0
-    if not quiet:
-        print(f"run directory: {run}", flush=True)
-    for epoch in range(start + 1, cfg.train.epochs + 1):
+    in ``out`` from its last checkpoint: its saved config holds, except ``epochs`` and the NaN
+    policy (``on_nan``, ``nan_lr_factor``, ``nan_retries``), which come from cfg and are saved.
+
+    Faults: a NaN or Inf loss (or weights) raises TrainingDiverged naming the epoch and step and
+    keeps the last good checkpoint; with ``on_nan="rollback"`` the epoch is instead rolled back to
+    its start, the learning rate multiplied by ``nan_lr_factor`` and the epoch run again, at most
+    ``nan_retries`` times in the run (each epoch's metrics record ``lr`` and ``nan_rollbacks``).
+    SIGINT/SIGTERM stop at an epoch boundary (see above) and raise TrainingInterrupted."""
+    with StopRequest(quiet) as stop:
+        meta = None
+        if resume:
+            if out is None:
+                raise ConfigError("--resume needs the run directory: aevb train --resume --out RUN")
+            saved, meta = rundir.read_config(Path(out))
+            for key in ("epochs", "on_nan", "nan_lr_factor", "nan_retries"):
+                setattr(saved.train, key, getattr(cfg.train, key))
+            cfg = saved
+        check_names(cfg)
+        seed_everything(cfg.train.seed)
+        data = data or load_dataset(cfg.data)
+        trainer = Trainer(cfg, data)
+        if stop.signum:
+            raise TrainingInterrupted(f"interrupted by {SIGNAL_NAMES[stop.signum]} before training started; "
+                                      "nothing was written", stop.signum)
+        if resume:
+            run = Path(out)
+            start = rundir.load_checkpoint(run, trainer.model, trainer.optimizer)
+            rundir.truncate_metrics(run, start)
+            rundir.rewrite_config(run, cfg, meta)
+            rollbacks = (rundir.read_metrics(run)[-1:] or [{}])[0].get("nan_rollbacks") or 0
+        else:
+            run = Path(out) if out else rundir.default_path(cfg)
+            was_there = run.is_dir() and not any(run.iterdir())  # an empty folder the user made: keep it
+            run = rundir.create(run, overwrite)
+            start, rollbacks = 0, 0
+        try:
+            if not resume:
+                rundir.write_config(run, cfg, data.x_shape, data.source, data.n_classes)
+            if not quiet:
+                print(f"run directory: {run}", flush=True)
+            finished = run_epochs(trainer, run, start, rollbacks, stop, quiet)
+        except TrainingInterrupted as e:
+            raise interrupted(run, e.signum, abandoned=True) from None
+        except UserError:
+            if not resume and rundir.checkpoint_epoch(run) == 0:  # nothing worth keeping: leave no half-made run
+                for path in ([*run.iterdir()] if was_there else [run]):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            raise
+        if not finished:
+            raise interrupted(run, stop.signum, abandoned=False)
+    return run
+
+
+def diverged(e: TrainingDiverged, run: Path, epoch: int, lr: float, rollbacks: int | None) -> TrainingDiverged:
+    """The one line a diverged run stops with: where, what is kept, and what to do."""
+    kept = epoch > 1 or rundir.checkpoint_epoch(run) > 0
+    where = (f"the last good checkpoint (epoch {epoch - 1}) is kept in {run}" if kept
+             else "no epoch was completed, so nothing is kept")
+    if rollbacks is not None:
+        return TrainingDiverged(f"{e}; after {rollbacks} rollbacks (learning rate now {lr:.3g}), {where}: allow more "
+                                "with --nan-retries, or look for the cause in the data, the model or --lr")
+    fix = (f"continue from it with 'aevb train --resume --out {run} --on-nan rollback', which lowers the learning "
+           f"rate (now {lr:.3g}) by itself, or start again with a lower --lr" if kept
+           else f"start again with a lower --lr (now {lr:.3g}), or with --on-nan rollback")
+    return TrainingDiverged(f"{e}; {where}: {fix}")
+
+
+def run_epochs(trainer: Trainer, run: Path, start: int, rollbacks: int, stop: StopRequest, quiet: bool) -> bool:
+    """Epochs start+1 .. epochs: train, test, metrics, checkpoint. Stops early when a signal came
+    (returns False), at an epoch boundary."""
+    cfg = trainer.cfg
+    t = cfg.train
+    epoch = start + 1
+    while epoch <= t.epochs and not stop.signum:
+        snapshot = Snapshot(trainer) if t.on_nan == "rollback" else None
         try:
             record = trainer.epoch(epoch, quiet)
+            check_parameters(trainer.model, epoch)
         except TrainingDiverged as e:
-            raise TrainingDiverged(f"{e}; the last good checkpoint (epoch {epoch - 1}) is kept in {run}: "
-                                   f"lower --lr (now {cfg.train.lr}) and continue with --resume") from None
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            if snapshot is None or rollbacks >= t.nan_retries:
+                raise diverged(e, run, epoch, lr, None if snapshot is None else rollbacks) from None
+            snapshot.restore(trainer)
+            for group in trainer.optimizer.param_groups:
+                group["lr"] *= t.nan_lr_factor
+            rollbacks += 1
+            if not quiet:
+                tqdm.write(f"{e}: rolled back to the start of epoch {epoch}, learning rate "
+                           f"{lr:.3g} -> {lr * t.nan_lr_factor:.3g} (rollback {rollbacks} of {t.nan_retries})")
+            continue
         record |= trainer.test()
-        rundir.save_checkpoint(run, trainer.model, trainer.optimizer, epoch)
+        if snapshot is not None:
+            record |= {"lr": trainer.optimizer.param_groups[0]["lr"], "nan_rollbacks": rollbacks}
+        # metrics first: killed between the two, a resume truncates the metrics to the checkpoint
         rundir.append_metrics(run, record)
+        rundir.save_checkpoint(run, trainer.model, trainer.optimizer, epoch)
         if not quiet:
-            tqdm.write(f"epoch {epoch:>3}/{cfg.train.epochs}  train ELBO {record['train_elbo']:9.3f}  "
+            tqdm.write(f"epoch {epoch:>3}/{t.epochs}  train ELBO {record['train_elbo']:9.3f}  "
                        f"test ELBO {record['test_elbo']:9.3f}  test KL {record['test_kl']:7.3f}  "
                        f"{record['samples_per_sec']:8.0f} samples/s")
-    return run
+        epoch += 1
+    return epoch > t.epochs

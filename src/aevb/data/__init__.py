@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import BINARIZE
 from ..errors import DataError
+from ..registry import did_you_mean
 from .datasets import DATASETS, Arrays
 from .formats import load_npz
 from .sources import data_dir
 
-BINARIZE = ("none", "dynamic", "static")
 BINARIZE_SEED = 0  # the one fixed draw for static binarisation and for the dynamic test set
 
 
@@ -41,7 +42,8 @@ class Dataset:
 def load_dataset(cfg) -> Dataset:
     """The dataset named by a DataConfig, with its subsets and binarisation applied."""
     if cfg.binarize not in BINARIZE:
-        raise DataError(f"unknown binarize {cfg.binarize!r}; choose one of: {', '.join(BINARIZE)}")
+        raise DataError(f"unknown binarize {cfg.binarize!r}{did_you_mean(str(cfg.binarize), list(BINARIZE))}; "
+                        f"choose one of: {', '.join(BINARIZE)}")
     if cfg.dataset.startswith("npz:"):
         (tx, ty, sx, sy), source = read_user_npz(Path(cfg.dataset[4:]).expanduser()), cfg.dataset[4:]
     else:
@@ -61,21 +63,30 @@ def read_user_npz(path: Path) -> Arrays:
                         "save it as numpy.savez(path, x_train=..., x_test=..., [y_train=..., y_test=...])")
     tx, sx = arrays["x_train"], arrays["x_test"]
     for x, k in ((tx, "x_train"), (sx, "x_test")):
-        if x.ndim < 2 or len(x) == 0 or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-            raise DataError(f"{path}: {k} has shape {x.shape} and dtype {x.dtype}; it must be a numeric array (N, ...) with N > 0")
+        if x.ndim < 2 or 0 in x.shape or not real_dtype(x.dtype):
+            raise DataError(f"{path}: {k} has shape {x.shape} and dtype {x.dtype}; it must be a numeric array "
+                            "(N, ...) with N > 0 and no empty dimension, of bool, integers or float16/32/64")
     if tx.shape[1:] != sx.shape[1:]:
         raise DataError(f"{path}: x_train {tx.shape} and x_test {sx.shape} differ in shape after the first axis")
     labels = []
     for y, x, k in ((arrays.get("y_train"), tx, "y_train"), (arrays.get("y_test"), sx, "y_test")):
-        if y is not None and (y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer) or (y < 0).any()):
+        if y is not None and (y.shape != (len(x),) or y.dtype.kind not in "iu" or (y < 0).any()):
             raise DataError(f"{path}: {k} must hold one non-negative integer label per row of x, got shape {y.shape} ({y.dtype})")
         labels.append(y)
     return tx, labels[0], sx, labels[1]
 
 
+def real_dtype(dtype: np.dtype) -> bool:
+    """bool, integers and the float widths torch reads (not complex, float128, dates or strings)."""
+    return dtype.kind in "biu" or dtype.kind == "f" and dtype.itemsize <= 8
+
+
 def as_float(x: np.ndarray, part: str) -> torch.Tensor:
     """float32 tensor; uint8 images become bytes/255. NaN or Inf is refused."""
-    t = torch.from_numpy(np.array(x))
+    x = np.asarray(x)
+    if not real_dtype(x.dtype):
+        raise DataError(f"the {part} data has dtype {x.dtype}; it must be bool, integers or float16/32/64")
+    t = torch.from_numpy(np.array(x, dtype=x.dtype.newbyteorder("=")))  # IDX and user arrays may be big-endian
     t = t.float() / 255 if t.dtype == torch.uint8 else t.float()
     if not torch.isfinite(t).all():
         raise DataError(f"the {part} data contains NaN or Inf; clean or impute it before training")

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import DataError
 from ..registry import Registry
 from .formats import load_array_pickle, parse_idx, read_bytes, read_cifar10_tar
-from .sources import download
+from .sources import atomic_write_bytes, download, fetch_verified
 
 DATASETS: Registry["DatasetSpec"] = Registry("dataset")
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train_x, train_y, test_x, test_y (uint8 x)
@@ -73,8 +73,9 @@ class IDXDataset(DatasetSpec):
         arrays = []
         for name in self.FILES:
             path = folder / name if (folder / name).exists() else folder / (name + ".gz")
-            if not path.exists():
-                raise DataError(f"{folder} has {self.FILES[0]} but not {name}[.gz]; put all four IDX files there")
+            if not path.is_file():
+                raise DataError(f"{folder} has {self.FILES[0]} but not {name}[.gz]; put all four IDX files there "
+                                "(or delete the folder so that they are downloaded)")
             arrays.append(parse_idx(read_bytes(path), str(path)))
         train_x, train_y, test_x, test_y = arrays
         if train_x.ndim != 3 or test_x.ndim != 3:
@@ -82,17 +83,23 @@ class IDXDataset(DatasetSpec):
         return check_split(train_x[:, None], train_y, test_x[:, None], test_y, name=str(folder))
 
     def fetch(self, root):
+        """All four files are downloaded and verified before any is written, so that a failure
+        leaves no partial dataset behind."""
         folder = root / self.name
-        for name in self.FILES:
-            download([m + name + ".gz" for m in self.mirrors], folder / (name + ".gz"), self.digests[name], gunzipped=True)
+        data = {name: fetch_verified([m + name + ".gz" for m in self.mirrors], self.digests[name], name + ".gz", gunzipped=True)
+                for name in self.FILES}
+        for name, content in data.items():
+            atomic_write_bytes(folder / (name + ".gz"), content)
         return folder / (self.FILES[0] + ".gz")
 
 
 def check_split(train_x, train_y, test_x, test_y, name: str) -> Arrays:
-    """Images (N, C, H, W) and labels (N,) must pair up one to one."""
+    """Images (N, C, H, W) and labels (N,) of non-negative integers must pair up one to one."""
     for x, y, part in ((train_x, train_y, "train"), (test_x, test_y, "test")):
-        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(x) == 0 or 0 in x.shape:
             raise DataError(f"{name}: {part} images {x.shape} and labels {y.shape} do not match; replace the files")
+        if y.dtype.kind not in "iu" or (y < 0).any():
+            raise DataError(f"{name}: {part} labels must be non-negative integers, got {y.dtype}; replace the files")
     return train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import lzma
+import math
 import pickle
 import struct
 import tarfile
@@ -38,13 +40,16 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
         raise DataError(f"{name} is truncated inside its IDX header; replace it with the original file")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(IDX_DTYPES[data[2]])
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # Python ints: a forged header cannot overflow
     if len(data) != expected:
         raise DataError(
             f"{name} has {len(data)} bytes but its IDX header {shape} needs {expected}; "
             "the file is truncated or corrupt: replace it with the original file"
         )
-    return np.frombuffer(data, dtype, offset=header).reshape(shape)
+    try:
+        return np.frombuffer(data, dtype, offset=header).reshape(shape)
+    except ValueError:  # e.g. (0, 2**31, 2**31): no bytes, but more elements than numpy can index
+        raise DataError(f"{name} has an impossible IDX shape {shape}; replace it with the original file") from None
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -66,30 +71,58 @@ def load_array_pickle(data: bytes, name: str):
     try:
         return _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
     except Exception as e:  # any malformed pickle raises something different
-        raise DataError(f"{name} is not a valid array pickle ({type(e).__name__}: {e}); replace it with the original file") from None
+        raise DataError(f"{name} is not a valid array pickle ({type(e).__name__}: {one_line(e)}); replace it with the original file") from None
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
     """The arrays of an .npz file (no pickled objects allowed)."""
+    how = "save it as numpy.savez(path, x_train=..., x_test=..., [y_train=..., y_test=...])"
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            raise DataError(f"{path} is a single .npy array, not an .npz of named arrays; {how}")
+        if magic[:2] != b"PK":  # numpy would take anything else for a pickle
+            raise DataError(f"{path} is not an .npz file (not a zip archive); {how}")
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+            arrays = {k: f[k] for k in f.files}
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"npz file {path} does not exist; check the path after 'npz:'") from None
     except Exception as e:  # zipfile, format and pickle errors all mean the same to a user
-        raise DataError(f"{path} is not a readable .npz of numeric arrays ({type(e).__name__}: {e}); "
-                        "save it with numpy.savez") from None
+        if "allow_pickle" in str(e):
+            raise DataError(f"{path} holds pickled Python objects, which are never loaded (they can run code); "
+                            f"{how} with numeric arrays") from None
+        raise DataError(f"{path} is not a readable .npz of numeric arrays ({type(e).__name__}: {one_line(e)}); {how}") from None
+    odd = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+    if odd:  # a zip member that is not an .npy file comes back as raw bytes
+        raise DataError(f"{path} has members that are not arrays ({', '.join(map(repr, odd[:3]))}); save it with numpy.savez")
+    return arrays
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, shortened: for messages that quote a file's contents."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+MAX_MEMBER_BYTES = 256 * 2**20  # a CIFAR-10 batch is 31 MB; anything far larger is not one (or is a bomb)
 
 
 def safe_members(tar: tarfile.TarFile, name: str) -> list[tarfile.TarInfo]:
     """The archive's regular files and folders, refusing any member that would land outside the
-    target folder (absolute paths, '..', links, devices)."""
+    target folder (absolute paths, '..', links, devices) or that is implausibly large."""
     members = []
     for m in tar.getmembers():
-        parts = Path(m.name).parts
-        if m.name.startswith(("/", "\\")) or ".." in parts or not (m.isfile() or m.isdir()):
-            raise DataError(f"{name} has an unsafe member {m.name!r} (absolute path, '..' or link); "
+        parts = Path(m.name.replace("\\", "/")).parts
+        if (m.name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or ".." in parts
+                or not (m.isfile() or m.isdir())):
+            raise DataError(f"{name} has an unsafe member {m.name!r} (absolute path, '..', link or device); "
                             "refusing to extract it: delete the archive and download the original")
+        if m.size > MAX_MEMBER_BYTES:
+            raise DataError(f"{name} has a member {m.name!r} of {m.size} bytes, far larger than a dataset batch; "
+                            "refusing to read it: delete the archive and download the original")
         members.append(m)
     return members
 
@@ -103,8 +136,8 @@ def read_cifar10_tar(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
                 base = Path(m.name).name
                 if m.isfile() and (base.startswith("data_batch_") or base == "test_batch"):
                     batches[base] = load_array_pickle(tar.extractfile(m).read(), f"{path}:{m.name}")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path} is not a readable tarball ({e}); delete it and download it again") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+        raise DataError(f"{path} is not a readable tarball ({one_line(e)}); delete it and download it again") from None
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     missing = [n for n in names if n not in batches]
     if missing:
@@ -113,10 +146,15 @@ def read_cifar10_tar(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     def arrays(batch, name):
         if not isinstance(batch, dict):
             raise DataError(f"{path}:{name} is not a CIFAR-10 batch (a dict)")
-        batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-        x, y = np.asarray(batch.get("data")), np.asarray(batch.get("labels"))
-        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(y) != len(x):
+        batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+        try:
+            x, y = np.asarray(batch.get("data")), np.asarray(batch.get("labels"))
+        except (ValueError, TypeError):  # ragged or odd contents
+            raise DataError(f"{path}:{name} does not hold a data array and a label list; it is not a CIFAR-10 batch") from None
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
             raise DataError(f"{path}:{name} holds data of shape {x.shape} ({x.dtype}); expected (N, 3072) uint8")
+        if y.shape != (len(x),) or y.dtype.kind not in "iu" or (y < 0).any():
+            raise DataError(f"{path}:{name} holds labels of shape {y.shape} ({y.dtype}); expected {len(x)} non-negative integers")
         return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
 
     train = [arrays(batches[n], n) for n in names[:5]]

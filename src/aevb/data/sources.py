@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.request
@@ -23,35 +24,54 @@ def sha256(data: bytes) -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write through a temporary file in the same folder and rename, so no half-written file is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise DataError(f"cannot write {path} ({e.strerror or e}); choose another --data-dir") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise DataError(f"cannot write {path} ({e.strerror or e}); free some space or choose another --data-dir") from None
         raise
 
 
-def download(urls: list[str], target: Path, digest: str, gunzipped: bool = False, timeout: float = 30.0) -> Path:
-    """Fetch the first URL that answers, check its SHA-256 (of the gunzipped content when
-    ``gunzipped``) and only then write it to ``target``; a mismatch writes nothing."""
+MAX_DOWNLOAD_BYTES = 2**30  # the largest published file (CIFAR-10) is 170 MB
+
+
+def fetch_verified(urls: list[str], digest: str, name: str, gunzipped: bool = False, timeout: float = 30.0) -> bytes:
+    """The bytes of the first URL that answers with content whose SHA-256 (of the gunzipped
+    content when ``gunzipped``) is ``digest``; nothing is written anywhere."""
     errors = []
     for url in urls:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as r:
-                data = r.read()
-        except (OSError, ValueError) as e:
-            errors.append(f"{url}: {e}")
+                data = r.read(MAX_DOWNLOAD_BYTES + 1)
+        except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, timeouts, resets, short reads
+            errors.append(f"{url}: {type(e).__name__}: {e}".replace("\n", " "))
+            continue
+        if len(data) > MAX_DOWNLOAD_BYTES:
+            errors.append(f"{url}: larger than {MAX_DOWNLOAD_BYTES} bytes")
             continue
         try:
             content = gzip.decompress(data) if gunzipped else data
         except (OSError, EOFError, zlib.error):
             content = b""
         if sha256(content) != digest:
-            errors.append(f"{url}: SHA-256 mismatch")
+            errors.append(f"{url}: SHA-256 mismatch (the file differs from the published one)")
             continue
-        atomic_write_bytes(target, data)
-        return target
-    raise DataError(f"could not download {target.name} ({'; '.join(errors)})")
+        return data
+    raise DataError(f"could not download {name} ({'; '.join(errors) or 'no URL to try'})")
+
+
+def download(urls: list[str], target: Path, digest: str, gunzipped: bool = False, timeout: float = 30.0) -> Path:
+    """Fetch the first URL that answers, check its SHA-256 (of the gunzipped content when
+    ``gunzipped``) and only then write it to ``target`` (atomically); a mismatch writes nothing."""
+    atomic_write_bytes(target, fetch_verified(urls, digest, target.name, gunzipped, timeout))
+    return target

@@ -1,0 +1,207 @@
+"""One self-contained HTML page per run: config, metrics, evaluation, diagnostics and every figure,
+the figures embedded as PNG data URIs so the page can be mailed or archived on its own."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import struct
+import time
+from pathlib import Path
+
+from .. import rundir
+from ..errors import DataError
+from ..evaluate import diagnostics
+from .figures import FIGURES, Subject, is_image_data, load_test_split
+
+REPORT = "report.html"
+
+CAPTIONS = {
+    "samples": "Samples from the prior: z ~ p(z) decoded to the mean of p(x|z).",
+    "reconstructions": "Test images (odd columns) beside their reconstructions (the mean of p(x|z) at the posterior mean).",
+    "curves": "ELBO per datapoint against the number of training samples seen, log x axis (Kingma & Welling 2013, Fig. 2).",
+    "latent": "Posterior means of test images; for more than two latent dimensions projected on their two leading principal directions.",
+    "manifold": "The learned manifold: a grid of prior quantiles decoded through the inverse CDF (Kingma & Welling 2013, Fig. 4); "
+                "for more than two latent dimensions along the two leading principal directions of the posterior means.",
+    "interpolation": "Decoded points on the line (top) and the great circle (bottom) between the posterior means of two test images.",
+    "histograms": "Histograms of each latent dimension's posterior means over the test images, stacked by class.",
+    "kl": "KL(q(z_d|x) || p(z_d)) per latent dimension; grey bars are inactive dimensions (Cov_x E[z_d] ≤ 0.01, Burda et al. 2015).",
+}
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1000px;
+       padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; }
+th, td { padding: 0.2em 0.7em; border-bottom: 1px solid #eee; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #555; }
+.warning { background: #fff3cd; border: 1px solid #e0c060; padding: 0.6em 1em; border-radius: 4px; }
+.note { color: #666; font-style: italic; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+"""
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    head = Path(path).read_bytes()[:24]
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"{path} is not a PNG")
+    return struct.unpack(">II", head[16:24])
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _num(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:,}" if isinstance(v, int) else f"{v:,.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _evaluation(r: dict | None, run: Path) -> str:
+    if r is None:
+        return (f'<p class="note">Not evaluated yet: <code>aevb evaluate {_e(run)} --k 5000</code> writes '
+                "<code>eval.json</code> (IWAE bounds and the importance-sampled log-likelihood), and the next report shows it.</p>")
+    rows = [["ELBO (estimator A)", _num(r["elbo_A"]["elbo"])]]
+    if "elbo_B" in r:
+        rows.append(["ELBO (estimator B)", _num(r["elbo_B"]["elbo"])])
+    key = "elbo_B" if "elbo_B" in r else "elbo_A"
+    rows += [["&nbsp;&nbsp;reconstruction E[log p(x|z)]", _num(r[key]["log_px_z"])],
+             ["&nbsp;&nbsp;KL(q(z|x) ‖ p(z))", _num(r[key]["kl"])]]
+    rows += [[f"IWAE bound, k={_e(k)}", _num(v)] for k, v in r["iwae"].items()]
+    ll = r["log_likelihood"]
+    rows.append([f"log p(x), importance sampled (k={ll['k']})", f"{_num(ll['value'])} ± {_num(ll['standard_error'])}"])
+    rows.append(["bits/dim", _num(r["bits_per_dim"], 4)])
+    return f"<p>{r['n']:,} test datapoints, nats per datapoint (from <code>eval.json</code>).</p>" + \
+        _table(["quantity", "value"], rows, {1})
+
+
+def _diagnostics(d: dict, n: int) -> str:
+    kl = d["kl_per_dim"]
+    total = f", total KL {_num(sum(kl))} nats ({_e(d['kl_method'])})" if kl is not None else ""
+    out = (f"<p>{d['active_units']} of {d['latent_dim']} latent dimensions active "
+           f"(Cov<sub>x</sub> E[z<sub>d</sub>|x] &gt; {d['threshold']}, Burda et al. 2015) over {n:,} test images{total}.</p>")
+    if d["warning"]:
+        out += f'<p class="warning"><b>Warning:</b> {_e(d["warning"])}</p>'
+    return out
+
+
+def _metrics(records: list[dict]) -> str:
+    if not records:
+        return '<p class="note">No finished epoch yet.</p>'
+    cols = [("epoch", "epoch", 0), ("samples_seen", "samples seen", 0), ("train_elbo", "train ELBO", 2),
+            ("test_elbo", "test ELBO", 2), ("test_log_px_z", "test E[log p(x|z)]", 2), ("test_kl", "test KL", 2),
+            ("beta", "β", 3), ("samples_per_sec", "samples/s", 0)]
+    cols = [c for c in cols if any(c[0] in r for r in records)]
+    rows = [[_num(r.get(k), d) for k, _, d in cols] for r in records]
+    return _table([name for _, name, _ in cols], rows, set(range(len(cols))))
+
+
+def _config(cfg: dict) -> str:
+    parts = []
+    for section, values in cfg.items():
+        if section == "run":
+            continue
+        rows = [[f"<code>{_e(k)}</code>", _e(json.dumps(v))] for k, v in values.items()]
+        parts.append(f"<h3>[{_e(section)}]</h3>" + _table(["key", "value"], rows))
+    meta = cfg.get("run", {})
+    rows = [[_e(k), _e(json.dumps(v))] for k, v in meta.items()]
+    parts.append("<h3>run</h3>" + _table(["key", "value"], rows))
+    return "".join(parts)
+
+
+def _figure_html(name: str, path: Path | None, error: str | None) -> str:
+    title = f"<h3>{_e(name)}</h3>"
+    if path is None:
+        return title + f'<p class="note">Not drawn: {_e(error)}</p>'
+    w, h = png_size(path)
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (title + f'<figure><img src="data:image/png;base64,{data}" alt="{_e(name)}" width="{w}" height="{h}">'
+            f"<figcaption>{_e(CAPTIONS.get(name, ''))} <code>{_e(path.name)}</code></figcaption></figure>")
+
+
+def write_report(run: str | Path, path: str | Path | None = None, *, test_size: int | None = None) -> Path:
+    """Draw every figure of a run into its directory and write one self-contained HTML page
+    (``RUN/report.html`` unless ``path``) with the config, the per-epoch metrics, the evaluation of
+    ``eval.json`` where present, the diagnostics (active units, KL per dimension, collapse) and the
+    figures embedded as data URIs. ``test_size``: draw from the first N test images only."""
+    from ..api import load
+
+    started = time.perf_counter()
+    run = Path(run)
+    rundir.read_config(run)
+    config = json.loads((run / rundir.CONFIG).read_text())
+    model = load(run)
+    records = rundir.read_metrics(run)
+    x, y = load_test_split(run, test_size)
+    subject = Subject(model, run, x, y)
+    diag = diagnostics(model, x)
+    evaluation = None
+    if (run / "eval.json").is_file():
+        try:
+            evaluation = json.loads((run / "eval.json").read_text())
+        except json.JSONDecodeError:
+            evaluation = None
+
+    images = is_image_data(model.x_shape)
+    sections = []
+    for name in FIGURES:
+        fn = FIGURES[name]
+        if name in ("samples", "reconstructions", "manifold", "interpolation") and not images:
+            sections.append(_figure_html(name, None, f"the data of shape {tuple(model.x_shape)} are not images"))
+            continue
+        try:
+            drawn = fn(run, run / f"{name}.png") if name == "curves" else fn(subject, run / f"{name}.png")
+            sections.append(_figure_html(name, drawn, None))
+        except DataError as e:
+            sections.append(_figure_html(name, None, str(e)))
+
+    cfg, meta = config, config.get("run", {})
+    last = records[-1] if records else {}
+    m = cfg["model"]
+    summary = (f"{_e(m['model'])} with a {_e(m['net'])} net (hidden {_e(m['hidden'])}, {_e(m['activation'])}), "
+               f"{m['latent_dim']} latent dimensions, {_e(m['posterior'])} posterior, {_e(m['prior'])} prior, "
+               f"{_e(m['likelihood'])} likelihood; data {_e(cfg['data']['dataset'])} "
+               f"{_e(tuple(meta.get('x_shape', [])))} (binarize {_e(cfg['data']['binarize'])}); "
+               f"trained {last.get('epoch', 0)} of {cfg['train']['epochs']} epochs"
+               + (f", final test ELBO {_num(last.get('test_elbo'))} nats." if last else "."))
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>aevb report: {_e(run.name)}</title>
+<style>{STYLE}</style>
+</head>
+<body>
+<h1>aevb report: {_e(run.name)}</h1>
+<p>{summary}</p>
+<p class="note">Run directory <code>{_e(run.resolve())}</code>; written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}
+in {time.perf_counter() - started:.1f} s.</p>
+<h2>Evaluation</h2>
+{_evaluation(evaluation, run)}
+<h2>Diagnostics</h2>
+{_diagnostics(diag, len(x))}
+<h2>Training</h2>
+{_metrics(records)}
+<h2>Figures</h2>
+{''.join(sections)}
+<h2>Configuration</h2>
+{_config(config)}
+</body>
+</html>
+"""
+    out = Path(path) if path is not None else run / REPORT
+    rundir.write_text(out, page)
+    return out
