@@ -11,6 +11,6 @@ def load(run: str | Path, device: str = "cpu"):
     """The trained model of a run directory, in eval mode: ``encode(x)`` gives q(z|x),
     ``decode(z)`` p(x|z), plus ``sample``, ``reconstruct``, ``embed`` and ``elbo``."""
     cfg, meta = rundir.read_config(Path(run))
-    model = build_model(cfg.model, tuple(meta["x_shape"]))
+    model = build_model(cfg.model, tuple(meta["x_shape"]), meta.get("n_classes"))
     rundir.load_weights(Path(run), model)
     return model.to(device).eval()

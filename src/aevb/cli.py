@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def cmd_plot(args) -> None:
     from .errors import DataError
     from .rundir import read_config
     from .viz import FIGURES
-    from .viz.figures import IMAGE_FIGURES, is_image_data, subject
+    from .viz.figures import IMAGE_FIGURES, figures_for, is_image_data, subject
 
     run = Path(args.run)
     read_config(run)
@@ -155,6 +156,7 @@ def cmd_plot(args) -> None:
         if getattr(args, option) is not None and not set(applies) & set(names):
             raise ConfigError(f"--{option} applies to the {' and '.join(applies)} figure{'s' if len(applies) > 1 else ''} only")
     subj = subject(run, test_size=args.test_size)
+    names = args.figures or figures_for(subj.model)
     for name in names:
         if not args.figures and name in IMAGE_FIGURES and not is_image_data(subj.x_shape):
             print(f"skipped {name}: the data of shape {subj.x_shape} are not images")
@@ -199,6 +201,18 @@ def cmd_lab(args) -> None:
     result = run(out, args.seed, quick=True) if args.quick else run(out, args.seed)
     print(result.format())
     print(f"figure: {result.figure}")
+
+
+def cmd_experiment_ssl(args) -> None:
+    from .experiments.ssl import Settings, parse_labels, run_ssl
+
+    out = Path(args.out or f"experiments/ssl-{args.dataset.replace(':', '-').replace('/', '-')}")
+    settings = Settings(dataset=args.dataset, labels=parse_labels(args.labels), seeds=args.seeds, out=out,
+                        data_dir=args.data_dir, epochs=args.epochs, train_size=args.train_size,
+                        test_size=args.test_size, quiet=args.quiet)
+    started = time.perf_counter()
+    print(run_ssl(settings))
+    print(f"wrote {out}/table.md and {out}/table.csv in {(time.perf_counter() - started) / 60:.1f} min")
 
 
 def cmd_datasets(args) -> None:
@@ -269,7 +283,7 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="PNG path (default RUN/reconstructions.png)")
     p.set_defaults(func=cmd_reconstruct)
 
-    figures = "samples, reconstructions, curves, latent, manifold, interpolation, histograms, kl"
+    figures = "samples, reconstructions, curves, latent, manifold, interpolation, histograms, kl, analogies"
     p = sub.add_parser("plot", help=f"figures of a run as PNG ({figures})", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=f"""Draw figures of a trained run into RUN/NAME.png (all of them without FIGURE).
 
@@ -280,7 +294,8 @@ def build_parser() -> Parser:
   manifold         decoded grid of prior quantiles (Kingma & Welling Fig. 4; principal directions beyond 2-D)
   interpolation    linear and spherical paths between two test images (default the first 3 and 5)
   histograms       each latent dimension's posterior means, stacked by class
-  kl               KL per latent dimension, active and inactive units""")
+  kl               KL per latent dimension, active and inactive units
+  analogies        M2: each test image's style decoded with every class (Kingma et al. 2014 Fig. 1)""")
     p.add_argument("run")
     p.add_argument("figures", nargs="*", metavar="FIGURE", help=f"any of: {figures} (default: all)")
     p.add_argument("--out", help="PNG path, with one FIGURE (default RUN/FIGURE.png)")
@@ -306,6 +321,25 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="fewer samples: seconds instead of minutes")
     p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("experiment", help="table reproductions ('ssl': the semi-supervised accuracy table)")
+    exp = p.add_subparsers(dest="experiment", required=True, parser_class=Parser)
+    p = exp.add_parser("ssl", help="semi-supervised accuracy: pixels, VAE, M1, PC-VAE, M2, M1+M2",
+                       description="Test accuracy of logistic regression and a net on pixels, logistic regression on "
+                       "VAE, M1 and PC-VAE latents, M2 and M1+M2, for each --labels setting, mean and 95%% interval over "
+                       "--seeds. Writes OUT/table.md, OUT/table.csv, OUT/results.jsonl, OUT/figures/ and the runs; "
+                       "run it again with the same settings to continue a stopped experiment.")
+    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, cifar10 (conv nets), digits or npz:PATH")
+    p.add_argument("--labels", default="100", help="labelled training images, comma-separated counts (equal per class) "
+                   "or 'all' for the 80/20 split (default 100)")
+    p.add_argument("--seeds", type=positive_int, default=5, help="seeds 1..N (default 5)")
+    p.add_argument("--out", help="the experiment folder (default experiments/ssl-DATASET)")
+    p.add_argument("--epochs", type=positive_int, help="every model's epochs (default: each model's own)")
+    p.add_argument("--train-size", type=positive_int, help="the first N training images only (quick runs)")
+    p.add_argument("--test-size", type=positive_int, help="the first N test images only (quick runs)")
+    p.add_argument("--data-dir")
+    p.add_argument("--quiet", action="store_true", help="print the table only")
+    p.set_defaults(func=cmd_experiment_ssl)
 
     p = sub.add_parser("datasets", help="which datasets are available here, and from where")
     p.add_argument("--data-dir")

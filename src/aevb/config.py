@@ -30,6 +30,8 @@ class DataConfig:
     download: bool = True
     train_size: typing.Optional[int] = None
     test_size: typing.Optional[int] = None
+    split: str = "standard"  # the dataset's own train/test split, or "80/20" of both pooled
+    labelled: typing.Optional[int] = None  # semi-supervised models: labelled training examples, equal per class; None: all
 
 
 @dataclass
@@ -69,6 +71,8 @@ class TrainConfig:
     on_nan: str = "stop"  # a NaN/Inf loss: stop (keeping the last good checkpoint) or roll back and lower lr
     nan_lr_factor: float = 0.1  # rollback multiplies the learning rate by this
     nan_retries: int = 3  # rollbacks allowed in one run before it stops anyway
+    alpha: typing.Optional[float] = None  # weight of the mean classification loss per datapoint; None: the model's default
+    labelled_batch_size: typing.Optional[int] = None  # labelled examples per step; None: min(batch_size, labelled)
 
 
 @dataclass
@@ -99,13 +103,14 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 POSITIVE_ITEMS = {"hidden", "conv_channels"}  # layer sizes: every item of the list
 POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs", "batch_size", "samples",
             "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
-            "nan_retries"}
-NON_NEGATIVE = {"beta", "warmup_epochs"}
+            "nan_retries", "labelled", "labelled_batch_size"}
+NON_NEGATIVE = {"beta", "warmup_epochs", "alpha"}
 AT_MOST_ONE = {"cycle_ratio": "(0, 1]"}  # fractions: upper bound inclusive
 BELOW_ONE = {"nan_lr_factor": "(0, 1)"}  # fractions: upper bound exclusive
 BINARIZE = ("none", "dynamic", "static")
 ON_NAN = ("stop", "rollback")
-CHOICES = {"binarize": BINARIZE, "on_nan": ON_NAN}  # fixed choices (registered names are checked by their registry)
+SPLITS = ("standard", "80/20")
+CHOICES = {"binarize": BINARIZE, "on_nan": ON_NAN, "split": SPLITS}  # fixed choices (registered names are checked by their registry)
 
 
 def field_types() -> dict[str, tuple[str, type]]:

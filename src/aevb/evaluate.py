@@ -23,8 +23,8 @@ import torch
 from torch.distributions import (Distribution, Independent, MixtureSameFamily, MultivariateNormal, Normal,
                                  kl_divergence)
 
+from .objectives import bound, log_weights
 from .errors import ConfigError
-from .objectives import log_weights, sgvb_a, sgvb_b
 
 DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes for one decoder pass
 # On the CPU a pass above this runs slower, not faster: its tensors exceed the allocator's mmap
@@ -56,7 +56,7 @@ class PassCost:
 
 def _pass(model, x: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoder pass of importance_sampled: log Σ w and log Σ w² over ``samples`` draws, per datapoint."""
-    lw = log_weights(model, x, samples).double()
+    lw = (model.log_weights(x, samples) if hasattr(model, "log_weights") else log_weights(model, x, samples)).double()
     return torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
 
 
@@ -209,12 +209,12 @@ def importance_sampled(model, x: torch.Tensor, k: int, max_memory: int = DEFAULT
 
 
 @torch.no_grad()
-def elbo_terms(model, x: torch.Tensor, estimator, samples: int = 1, batch_size: int = 1000) -> dict[str, float]:
-    """Means over x of the ELBO, its reconstruction term and its KL under one estimator."""
+def elbo_terms(model, x: torch.Tensor, estimator: str, samples: int = 1, batch_size: int = 1000) -> dict[str, float]:
+    """Means over x of the ELBO, its reconstruction term and its KL under one registered estimator."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch_size):
-        t = estimator(model, x[i:i + batch_size], samples)
+        t = bound(model, x[i:i + batch_size], estimator, samples)
         sums += torch.stack([t.elbo.sum(), t.log_px_z.sum(), t.kl.sum()]).double()
     elbo, rec, kl = (sums / len(x)).tolist()
     return {"elbo": elbo, "log_px_z": rec, "kl": kl}
@@ -348,9 +348,9 @@ def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
     log-likelihood at the largest k with its standard error, in nats per datapoint and bits/dim,
     and the diagnostics (KL per dimension, active units, a collapse warning)."""
     started = time.perf_counter()
-    result = {"n": len(x), "elbo_A": elbo_terms(model, x, sgvb_a, samples)}
+    result = {"n": len(x), "elbo_A": elbo_terms(model, x, "A", samples)}
     if model.has_analytic_kl():
-        result["elbo_B"] = elbo_terms(model, x, sgvb_b, samples)
+        result["elbo_B"] = elbo_terms(model, x, "B", samples)
     cost = pass_cost(model, x)
     result["iwae"] = {}
     for k in sorted(ks):

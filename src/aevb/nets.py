@@ -1,7 +1,8 @@
 """Encoder and decoder bodies: pure nn, shapes in, tensors out.
 
-An encoder maps x of shape (N, *x_shape) to (N, n_out); a decoder maps z of shape (..., d) to
-(..., *out_shape), so L samples per datapoint go through in one batched pass.
+An encoder maps x of shape (N, *x_shape) to (N, n_out), optionally conditioned on a vector c
+(the one-hot label of M2); a decoder maps z of shape (..., d) to (..., *out_shape), so L samples
+per datapoint (or K enumerated classes) go through in one batched pass.
 """
 from __future__ import annotations
 
@@ -33,6 +34,24 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class Encoder(nn.Module):
+    """features(x) → the head's first linear layer → the rest of the head. A condition c enters as
+    a second linear term of that first layer, W [f(x); c] = W_x f(x) + W_c c, so that the features
+    and W_x f(x) are computed once when c enumerates K values: c of shape (K, 1, cond_dim) gives
+    an output of shape (K, N, n_out)."""
+
+    def __init__(self, features: nn.Module, head: nn.Sequential, cond_dim: int = 0):
+        super().__init__()
+        self.features, self.first, self.rest = features, head[0], head[1:]
+        self.cond = nn.Linear(cond_dim, self.first.out_features, bias=False) if cond_dim else None
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.first(self.features(x))
+        if c is not None:
+            a = a + self.cond(c)
+        return self.rest(a)
+
+
 class Decoder(nn.Module):
     """Applies a body to z with any leading sample dimensions and reshapes to ``out_shape``."""
 
@@ -47,15 +66,15 @@ class Decoder(nn.Module):
 
 
 @NETS.register("mlp")
-def mlp_nets(x_shape, n_out, latent_dim, out_shape, *, hidden, activation, **_):
+def mlp_nets(x_shape, n_out, latent_dim, out_shape, *, hidden, activation, cond_dim=0, **_):
     """MLP encoder x → hidden → n_out and decoder z → reversed hidden → out_shape."""
-    encoder = nn.Sequential(nn.Flatten(), mlp([math.prod(x_shape), *hidden, n_out], activation))
+    encoder = Encoder(nn.Flatten(), mlp([math.prod(x_shape), *hidden, n_out], activation), cond_dim)
     decoder = Decoder(mlp([latent_dim, *reversed(hidden), math.prod(out_shape)], activation), out_shape)
     return encoder, decoder
 
 
 @NETS.register("conv")
-def conv_nets(x_shape, n_out, latent_dim, out_shape, *, hidden, activation, conv_channels, **_):
+def conv_nets(x_shape, n_out, latent_dim, out_shape, *, hidden, activation, conv_channels, cond_dim=0, **_):
     """Strided 4×4 convolutions, each halving height and width (28 → 14 → 7 for 1×28×28 with two
     layers, 32 → 16 → 8 → 4 for 3×32×32 with three), then the MLP ``hidden`` layers; the decoder
     mirrors it with transposed convolutions."""
@@ -74,7 +93,7 @@ def conv_nets(x_shape, n_out, latent_dim, out_shape, *, hidden, activation, conv
     for c_in, c_out in zip(chans[:-1], chans[1:]):
         convs += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), act()]
     flat = chans[-1] * (h // 2**n) * (w // 2**n)
-    encoder = nn.Sequential(*convs, nn.Flatten(), mlp([flat, *hidden, n_out], activation))
+    encoder = Encoder(nn.Sequential(*convs, nn.Flatten()), mlp([flat, *hidden, n_out], activation), cond_dim)
 
     out_c = out_shape[0]
     deconvs: list[nn.Module] = [mlp([latent_dim, *reversed(hidden), flat], activation), act(),

@@ -72,6 +72,14 @@ def sgvb_auto(model, x, samples: int = 1, beta: float = 1.0) -> ELBOTerms:
     return (sgvb_b if model.has_analytic_kl() else sgvb_a)(model, x, samples, beta)
 
 
+def bound(model, x, estimator: str = "auto", samples: int = 1, beta: float = 1.0) -> ELBOTerms:
+    """The model's own bound where it defines one (M2 sums over its classes), else the registered
+    estimator applied to its encode, decode and prior."""
+    if hasattr(model, "elbo"):
+        return model.elbo(x, estimator, samples, beta)
+    return ESTIMATORS[estimator](model, x, samples, beta)
+
+
 def log_weights(model, x, samples: int, beta: float = 1.0) -> torch.Tensor:
     """log w_k = log p(x|z_k) + β(log p(z_k) - log q(z_k|x)), z_k ~ q(z|x); shape (samples, N)."""
     log_px_z, log_ratio = _log_weight_terms(model, x, samples)
@@ -94,6 +102,26 @@ def iwae_bound(model, x, samples: int = 1, beta: float = 1.0) -> ELBOTerms:
     elbo = bound(1.0)
     nan = torch.full_like(elbo, float("nan"))
     return ELBOTerms(elbo, nan, nan, elbo if beta == 1.0 else bound(beta))
+
+
+def semi_supervised(model, x_u, x_l, y_l, estimator: str = "auto", samples: int = 1, beta: float = 1.0,
+                    alpha: float = 0.1, labelled_share: float = 1.0) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor]:
+    """The semi-supervised loss of Kingma et al. 2014 (eq. 9), J^α = Σ_l L(x,y) + Σ_u U(x)
+    + α E_l[log q(y|x)] with α = 0.1·N, divided by the N training examples:
+
+        -(N_l/N) mean_l L(x,y) - (N_u/N) mean_u U(x) + 0.1 · mean_l[-log q(y|x)]
+
+    ``labelled_share`` is N_l/N and ``alpha`` the per-datapoint weight α/N (0.1 in the paper).
+    M2 has its bounds U and L; the PC-VAE the plain ELBO for both and its latent classifier as
+    q(y|x). ``x_u`` is None when every training example is labelled. Returns the loss, the terms
+    of the unlabelled batch (of the labelled one without it) and the mean of -log q(y|x)."""
+    labelled = model.labelled_elbo(x_l, y_l, estimator, samples, beta)
+    class_nll = -model.class_log_prob(x_l, y_l).mean()
+    loss = alpha * class_nll - labelled_share * labelled.objective.mean()
+    if x_u is None:
+        return loss, labelled, class_nll
+    unlabelled = model.elbo(x_u, estimator, samples, beta)
+    return loss - (1 - labelled_share) * unlabelled.objective.mean(), unlabelled, class_nll
 
 
 def score_function_surrogate(log_q: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

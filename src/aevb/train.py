@@ -19,13 +19,13 @@ from tqdm.auto import tqdm
 
 from . import rundir
 from .config import Config
-from .data import Dataset, load_dataset
+from .data import Dataset, balanced_labels, load_dataset
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .evaluate import elbo_terms
 from .errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
-from .models import MODELS, build_model
+from .models import MODELS, build_model, is_semi_supervised, predict
 from .nets import ACTIVATIONS, NETS
-from .objectives import ESTIMATORS, SCHEDULES
+from .objectives import ESTIMATORS, SCHEDULES, ELBOTerms, semi_supervised
 from .registry import Registry
 
 OPTIMIZERS: Registry = Registry("optimizer")
@@ -90,50 +90,88 @@ class Trainer:
         t = cfg.train
         self.cfg, self.data = cfg, data
         self.device = resolve_device(t.device)
-        self.model = build_model(cfg.model, data.x_shape)
+        self.model = build_model(cfg.model, data.x_shape, data.n_classes)
         self.model.likelihood.check_support(data.train_x, "the training data")
         self.model.likelihood.check_support(data.test_x, "the test data")
         self.model.to(self.device)
         self.optimizer = OPTIMIZERS[t.optimizer](self.model.parameters(), lr=t.lr)
         self.x_train, self.x_test = data.train_x.to(self.device), data.test_x.to(self.device)
         self.estimator, self.schedule = ESTIMATORS[t.estimator], SCHEDULES[t.beta_schedule]
+        self.semi_supervised = is_semi_supervised(self.model)
+        if self.semi_supervised:
+            self._split_labelled(data, t)
+        elif cfg.data.labelled is not None:
+            raise ConfigError(f"--labelled applies to the semi-supervised models (m2, pcvae), not {cfg.model.model}")
         self.steps = math.ceil(len(self.x_train) / t.batch_size)
+
+    def _split_labelled(self, data: Dataset, t) -> None:
+        """The balanced labelled set (chosen by the seed) and the unlabelled rest, which an epoch
+        passes over; where every example is labelled, an epoch passes over the labelled set."""
+        labelled = balanced_labels(data.train_y, self.cfg.data.labelled, t.seed)
+        unlabelled = torch.ones(len(data.train_x), dtype=torch.bool)
+        unlabelled[labelled] = False
+        self.x_labelled = data.train_x[labelled].to(self.device)
+        self.y_labelled = data.train_y[labelled].to(self.device)
+        self.has_unlabelled = bool(unlabelled.any())
+        self.x_train = data.train_x[unlabelled].to(self.device) if self.has_unlabelled else self.x_labelled
+        self.alpha = self.model.default_alpha if t.alpha is None else t.alpha
+        self.labelled_share = len(labelled) / len(data.train_x)
+        self.labelled_batch = min(t.labelled_batch_size or t.batch_size, len(labelled))
+
+    def _loss(self, x: torch.Tensor, idx: torch.Tensor, beta: float) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor]:
+        """The loss of one step, the ELBO terms to log and the classification NLL (0 without labels)."""
+        t = self.cfg.train
+        if not self.semi_supervised:
+            terms = self.estimator(self.model, x, t.samples, beta)
+            return -terms.objective.mean(), terms, terms.objective.new_zeros(())
+        if self.has_unlabelled:
+            pick = torch.randperm(len(self.x_labelled), device=self.device)[:self.labelled_batch]
+            x_u, x_l, y_l = x, self.binarized(self.x_labelled[pick]), self.y_labelled[pick]
+        else:
+            x_u, x_l, y_l = None, x, self.y_labelled[idx]
+        return semi_supervised(self.model, x_u, x_l, y_l, t.estimator, t.samples, beta, self.alpha, self.labelled_share)
+
+    def binarized(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bernoulli(x) if self.data.binarize == "dynamic" else x
 
     def epoch(self, epoch: int, quiet: bool = True) -> dict[str, float]:
         """One pass over the training data in random order (epochs count from 1)."""
         t, model, optimizer = self.cfg.train, self.model, self.optimizer
         n, bs = len(self.x_train), t.batch_size
         started = time.perf_counter()
-        sums = torch.zeros(3, device=self.device)
+        sums = torch.zeros(4, device=self.device)
         perm = torch.randperm(n, device=self.device)
         bar = tqdm(total=self.steps, desc=f"epoch {epoch}/{t.epochs}", disable=quiet, leave=False, mininterval=0.5)
         for step in range(self.steps):
-            x = self.x_train[perm[step * bs:(step + 1) * bs]]
-            if self.data.binarize == "dynamic":
-                x = torch.bernoulli(x)
+            idx = perm[step * bs:(step + 1) * bs]
+            x = self.binarized(self.x_train[idx])
             beta = self.schedule(t.beta, epoch - 1 + step / self.steps, t.epochs, t.warmup_epochs, t.cycles, t.cycle_ratio)
-            terms = self.estimator(model, x, t.samples, beta)
-            loss = -terms.objective.mean()
+            loss, terms, class_nll = self._loss(x, idx, beta)
             if not torch.isfinite(loss):
                 bar.close()
                 raise TrainingDiverged(f"the loss became {loss.item()} at epoch {epoch}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums += torch.stack([terms.elbo.sum(), terms.log_px_z.sum(), terms.kl.sum()]).detach()
+            sums += torch.stack([terms.elbo.sum(), terms.log_px_z.sum(), terms.kl.sum(), class_nll * len(x)]).detach()
             bar.update()
         bar.close()
         seconds = time.perf_counter() - started
-        elbo, log_px_z, kl = (sums / n).tolist()
-        return {"epoch": epoch, "samples_seen": epoch * n, "beta": beta, "train_elbo": elbo,
-                "train_log_px_z": log_px_z, "train_kl": kl, "seconds": seconds, "samples_per_sec": n / seconds}
+        elbo, log_px_z, kl, class_nll = (sums / n).tolist()
+        record = {"epoch": epoch, "samples_seen": epoch * n, "beta": beta, "train_elbo": elbo,
+                  "train_log_px_z": log_px_z, "train_kl": kl, "seconds": seconds, "samples_per_sec": n / seconds}
+        return record | ({"train_class_nll": class_nll} if self.semi_supervised else {})
 
     def test(self) -> dict[str, float]:
         """Mean test ELBO terms under the training estimator."""
         t = self.cfg.train
-        terms = elbo_terms(self.model, self.x_test, self.estimator, t.samples, t.eval_batch_size)
+        terms = elbo_terms(self.model, self.x_test, t.estimator, t.samples, t.eval_batch_size)
+        out = {f"test_{k}": v for k, v in terms.items()}
+        if self.semi_supervised and self.data.test_y is not None:
+            y = self.data.test_y.to(self.device)
+            out["test_accuracy"] = (predict(self.model, self.x_test, t.eval_batch_size) == y).float().mean().item()
         self.model.train()
-        return {f"test_{k}": v for k, v in terms.items()}
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,6 +353,7 @@ def run_epochs(trainer: Trainer, run: Path, start: int, rollbacks: int, stop: St
         if not quiet:
             tqdm.write(f"epoch {epoch:>3}/{t.epochs}  train ELBO {record['train_elbo']:9.3f}  "
                        f"test ELBO {record['test_elbo']:9.3f}  test KL {record['test_kl']:7.3f}  "
+                       + (f"test accuracy {record['test_accuracy']:.4f}  " if "test_accuracy" in record else "") +
                        f"{record['samples_per_sec']:8.0f} samples/s")
         epoch += 1
     return epoch > t.epochs

@@ -9,13 +9,14 @@ import numpy as np
 import torch
 
 from ..config import BINARIZE
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..registry import did_you_mean
 from .datasets import DATASETS, Arrays
 from .formats import load_npz
 from .sources import data_dir
 
 BINARIZE_SEED = 0  # the one fixed draw for static binarisation and for the dynamic test set
+SPLIT_SEED = 0  # the one fixed permutation behind the 80/20 split
 
 
 @dataclass
@@ -49,7 +50,7 @@ def load_dataset(cfg) -> Dataset:
     else:
         (tx, ty, sx, sy), source = DATASETS[cfg.dataset].load(data_dir(cfg.data_dir), cfg.download)
     ds = Dataset(cfg.dataset, source, as_float(tx, "train"), as_labels(ty), as_float(sx, "test"), as_labels(sy))
-    ds = subset(ds, cfg.train_size, cfg.test_size)
+    ds = subset(resplit(ds) if cfg.split == "80/20" else ds, cfg.train_size, cfg.test_size)
     return binarize(ds, cfg.binarize)
 
 
@@ -104,6 +105,38 @@ def subset(ds: Dataset, train_size: int | None, test_size: int | None) -> Datase
                    cut(ds.test_x, test_size), cut(ds.test_y, test_size), ds.binarize)
 
 
+def resplit(ds: Dataset) -> Dataset:
+    """Train and test pooled, permuted once (SPLIT_SEED) and cut 80/20."""
+    if (ds.train_y is None) != (ds.test_y is None):
+        raise DataError(f"the 80/20 split pools train and test, but only one of them of {ds.name} has labels")
+    perm = torch.randperm(len(ds.train_x) + len(ds.test_x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    cut = int(0.8 * len(perm))
+    pool = lambda a, b: None if a is None else torch.cat([a, b])[perm]
+    x, y = pool(ds.train_x, ds.test_x), pool(ds.train_y, ds.test_y)
+    return Dataset(ds.name, ds.source, x[:cut], None if y is None else y[:cut], x[cut:],
+                   None if y is None else y[cut:], ds.binarize)
+
+
+def balanced_labels(y: torch.Tensor | None, n: int | None, seed: int) -> torch.Tensor:
+    """Indices of n labelled examples, n/K of each of the K classes, drawn by ``seed``
+    (all indices where n is None)."""
+    if y is None:
+        raise DataError("a semi-supervised model needs labels, and this training set has none; "
+                        "use a labelled dataset (or y_train in your npz)")
+    if n is None or n == len(y):
+        return torch.arange(len(y))
+    k = int(y.max()) + 1
+    counts = torch.bincount(y, minlength=k)
+    if n % k:
+        raise ConfigError(f"--labelled {n} cannot be split equally over {k} classes; use a multiple of {k}")
+    if n > len(y) or counts.min() < n // k:
+        raise ConfigError(f"--labelled {n} needs {n // k} examples of each class, but the training set has only "
+                          f"{int(counts.min())} of class {int(counts.argmin())}; ask for fewer")
+    g = torch.Generator().manual_seed(seed)
+    picks = [torch.nonzero(y == c).flatten() for c in range(k)]
+    return torch.cat([i[torch.randperm(len(i), generator=g)[:n // k]] for i in picks]).sort().values
+
+
 def binarize(ds: Dataset, mode: str) -> Dataset:
     """static: both splits sampled once; dynamic: the test split once, the training split afresh in
     every batch (by the trainer), as in Burda et al. 2015. Pixels are Bernoulli(x)."""
@@ -124,4 +157,4 @@ def available(data_dir_: str | None = None) -> list[tuple[str, str | None]]:
     return [(name, (found[0] if (found := DATASETS[name].locate(root)) else None)) for name in DATASETS]
 
 
-__all__ = ["BINARIZE", "DATASETS", "Dataset", "available", "load_dataset"]
+__all__ = ["BINARIZE", "DATASETS", "Dataset", "available", "balanced_labels", "load_dataset"]

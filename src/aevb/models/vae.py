@@ -14,24 +14,11 @@ from ..objectives import ESTIMATORS, ELBOTerms, has_analytic_kl
 from . import MODELS
 
 
-class VAE(nn.Module):
-    """encode(x) = q(z|x), prior() = p(z), decode(z) = p(x|z), all torch Distributions."""
+class LatentModel(nn.Module):
+    """What every model shares: a prior module ``prior_net`` and an ``encode(x)`` whose KL from
+    the prior may have a closed form."""
 
-    def __init__(self, x_shape, latent_dim, encoder, decoder, posterior, prior, likelihood):
-        super().__init__()
-        self.x_shape = tuple(x_shape)
-        self.latent_dim = latent_dim
-        self.encoder, self.decoder = encoder, decoder
-        self.posterior, self.prior_net, self.likelihood = posterior, prior, likelihood
-        self._analytic_kl: bool | None = None
-
-    def encode(self, x: torch.Tensor) -> Distribution:
-        """q(z|x) with batch shape (N,) and event shape (latent_dim,)."""
-        return self.posterior(self.encoder(x))
-
-    def decode(self, z: torch.Tensor) -> Distribution:
-        """p(x|z) with batch shape z.shape[:-1] and event shape x_shape."""
-        return self.likelihood(self.decoder(z))
+    _analytic_kl: bool | None = None
 
     def prior(self) -> Distribution:
         return self.prior_net()
@@ -44,6 +31,25 @@ class VAE(nn.Module):
             with torch.no_grad():
                 self._analytic_kl = has_analytic_kl(self.encode(x), self.prior())
         return self._analytic_kl
+
+
+class VAE(LatentModel):
+    """encode(x) = q(z|x), prior() = p(z), decode(z) = p(x|z), all torch Distributions."""
+
+    def __init__(self, x_shape, latent_dim, encoder, decoder, posterior, prior, likelihood):
+        super().__init__()
+        self.x_shape = tuple(x_shape)
+        self.latent_dim = latent_dim
+        self.encoder, self.decoder = encoder, decoder
+        self.posterior, self.prior_net, self.likelihood = posterior, prior, likelihood
+
+    def encode(self, x: torch.Tensor) -> Distribution:
+        """q(z|x) with batch shape (N,) and event shape (latent_dim,)."""
+        return self.posterior(self.encoder(x))
+
+    def decode(self, z: torch.Tensor) -> Distribution:
+        """p(x|z) with batch shape z.shape[:-1] and event shape x_shape."""
+        return self.likelihood(self.decoder(z))
 
     def elbo(self, x: torch.Tensor, estimator: str = "auto", samples: int = 1, beta: float = 1.0) -> ELBOTerms:
         """Per-datapoint ELBO terms of x under a registered estimator (A, B, auto, iwae)."""
@@ -66,7 +72,7 @@ class VAE(nn.Module):
 
 
 @MODELS.register("vae")
-def build_vae(cfg, x_shape) -> VAE:
+def build_vae(cfg, x_shape, n_classes=None) -> VAE:
     """A VAE from a ModelConfig: the net, posterior family, prior and likelihood looked up by name."""
     likelihood = LIKELIHOODS[cfg.likelihood].from_config(cfg, x_shape)
     posterior = POSTERIORS[cfg.posterior].from_config(cfg)

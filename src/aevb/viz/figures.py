@@ -486,4 +486,34 @@ def fig_kl(model_or_run, path=None, *, x=None, test_size=None) -> Path:
 
 
 
-IMAGE_FIGURES = ("samples", "reconstructions", "manifold", "interpolation")
+@FIGURES.register("analogies")
+def fig_analogies(model_or_run, path=None, *, x=None, y=None, n: int = 10, scale: int = 2, test_size=None) -> Path:
+    """M2's separation of style and class (Kingma et al. 2014, Fig. 1): each row a test image,
+    then its style z = E_q[z|x,y] decoded with every class y' in turn."""
+    s = subject(model_or_run, x, y, test_size=test_size)
+    if not hasattr(s.model, "analogies"):
+        raise DataError("the analogies figure needs a model with a class variable y in its decoder (m2)")
+    x = s.data("the analogies figure")
+    y = s.y
+    if y is not None:  # one image of each class first, where the labels are known
+        firsts = [int(torch.nonzero(y == c)[0]) for c in torch.unique(y)]
+        x, y = x[firsts][:n], y[firsts][:n]
+    else:
+        x = x[:n]
+    device = _device(s.model)
+    s.model.eval()
+    styles = s.model.analogies(x.to(device), None if y is None else y.to(device))  # (n, K, *x_shape)
+    rows = torch.cat([x.to(device).unsqueeze(1), styles], 1).flatten(0, 1)
+    return save_grid(as_images(rows, s.x_shape), s.out(path, "analogies"), ncols=styles.shape[1] + 1, scale=scale)
+
+
+fig_analogies.requires = "analogies"
+
+
+def figures_for(model) -> list[str]:
+    """The registered figures that apply to a model: those that need a method of their own
+    (``fn.requires``, e.g. M2's analogies) only where the model has it."""
+    return [name for name in FIGURES if hasattr(model, getattr(FIGURES[name], "requires", "encode"))]
+
+
+IMAGE_FIGURES = ("samples", "reconstructions", "manifold", "interpolation", "analogies")

@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import rundir
 from ..errors import DataError
 from ..evaluate import diagnostics
-from .figures import FIGURES, Subject, is_image_data, load_test_split
+from .figures import FIGURES, IMAGE_FIGURES, Subject, figures_for, is_image_data, load_test_split
 
 REPORT = "report.html"
 
@@ -26,6 +26,7 @@ CAPTIONS = {
                 "for more than two latent dimensions along the two leading principal directions of the posterior means.",
     "interpolation": "Decoded points on the line (top) and the great circle (bottom) between the posterior means of two test images.",
     "histograms": "Histograms of each latent dimension's posterior means over the test images, stacked by class.",
+    "analogies": "M2: each row a test image, then its style z = E[z|x,y] decoded with every class (Kingma et al. 2014, Fig. 1).",
     "kl": "KL(q(z_d|x) || p(z_d)) per latent dimension; grey bars are inactive dimensions (Cov_x E[z_d] ≤ 0.01, Burda et al. 2015).",
 }
 
@@ -156,9 +157,9 @@ def write_report(run: str | Path, path: str | Path | None = None, *, test_size: 
 
     images = is_image_data(model.x_shape)
     sections = []
-    for name in FIGURES:
+    for name in figures_for(model):
         fn = FIGURES[name]
-        if name in ("samples", "reconstructions", "manifold", "interpolation") and not images:
+        if name in IMAGE_FIGURES and not images:
             sections.append(_figure_html(name, None, f"the data of shape {tuple(model.x_shape)} are not images"))
             continue
         try:

@@ -1,0 +1,213 @@
+"""Semi-supervised models: M2's bounds against hand computation, the enumerated unlabelled bound
+against the explicit sum over classes, M2's stratified importance sampling against an exact
+log p(x), balanced label selection, short runs that learn, and the experiment through the CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.distributions import MultivariateNormal
+
+import aevb
+from aevb.cli import main
+from aevb.config import Config, ModelConfig
+from aevb.data import balanced_labels
+from aevb.errors import ConfigError
+from aevb.evaluate import importance_sampled
+from aevb.experiments.ssl import ROWS, mean_ci
+from aevb.models import build_model, predict
+from aevb.objectives import semi_supervised
+
+D, K, d = 5, 3, 2
+
+
+def tiny_m2(likelihood="bernoulli", **kw) -> torch.nn.Module:
+    """M2 with no hidden layers: q(z|x,y), p(x|y,z) and q(y|x) are single linear maps, in float64."""
+    cfg = ModelConfig(model="m2", hidden=[], latent_dim=d, likelihood=likelihood, **kw)
+    torch.manual_seed(3)
+    model = build_model(cfg, (D,), K).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.7)
+    return model
+
+
+def hand_bound(model, x, y, eps):
+    """L(x,y) = log p(x|y,z) + log p(y) - KL(N(μ, σ²) ‖ N(0, I)), z = μ + σ ε, from the weights."""
+    enc, dec = model.encoder, model.decoder.body[0]
+    c = F.one_hot(y, K).double()
+    h = x @ enc.first.weight.T + enc.first.bias + c @ enc.cond.weight.T
+    mu, log_var = h[:, :d], h[:, d:]
+    z = mu + (0.5 * log_var).exp() * eps
+    logits = torch.cat([z, c], -1) @ dec.weight.T + dec.bias
+    log_px = (x * logits - F.softplus(logits)).sum(-1)
+    kl = 0.5 * (mu**2 + log_var.exp() - 1 - log_var).sum(-1)
+    return log_px - math.log(K) - kl
+
+
+def test_m2_labelled_bound_matches_a_hand_computed_value():
+    model = tiny_m2()
+    x = torch.rand(4, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 2, 1, 2])
+    torch.manual_seed(7)
+    got = model.labelled_elbo(x, y, "B").elbo
+    torch.manual_seed(7)
+    eps = torch.randn(1, 4, d, dtype=torch.float64)[0]
+    torch.testing.assert_close(got, hand_bound(model, x, y, eps), rtol=1e-10, atol=1e-10)
+
+
+def test_enumerated_unlabelled_bound_equals_the_explicit_sum_over_classes():
+    model = tiny_m2()
+    n = 6
+    x = torch.rand(n, D, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(11)
+    terms = model.elbo(x, "B")
+    torch.manual_seed(11)
+    eps = torch.randn(1, K, n, d, dtype=torch.float64)[0]  # the enumerated pass draws (samples, K, N, d) at once
+    q = F.softmax(model.classifier(x), -1)
+    explicit = sum(q[:, k] * hand_bound(model, x, torch.full((n,), k), eps[k]) for k in range(K))
+    explicit = explicit - (q * q.log()).sum(-1)  # + H(q(y|x))
+    torch.testing.assert_close(terms.elbo, explicit, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(terms.elbo, terms.log_px_z - terms.kl, rtol=1e-12, atol=1e-12)
+    # and the same against the model's own labelled bound, class by class, in expectation order
+    torch.manual_seed(11)
+    again = model.elbo(x, "B").elbo
+    torch.testing.assert_close(again, terms.elbo)
+
+
+def test_unlabelled_objective_weights_both_kls_by_beta():
+    model = tiny_m2()
+    x = torch.rand(5, D, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(0)
+    t = model.elbo(x, "B", beta=0.3)
+    torch.testing.assert_close(t.objective, t.log_px_z - 0.3 * t.kl, rtol=1e-10, atol=1e-10)
+
+
+def test_m2_importance_sampling_converges_to_the_exact_log_likelihood(torch_seed, assert_within_se):
+    """With a linear Gaussian decoder, p(x|y) = N(W_y e_y + b, W_z W_zᵀ + σ²I) exactly, so
+    log p(x) = log Σ_y p(y) N(x; ...): the stratified IS estimate must converge to it."""
+    model = tiny_m2("gaussian", likelihood_scale="fixed", likelihood_scale_init=0.6)
+    dec = model.decoder.body[0]
+    W_z, W_y, b = dec.weight[:, :d].detach(), dec.weight[:, d:].detach(), dec.bias.detach()
+    cov = W_z @ W_z.T + 0.36 * torch.eye(D, dtype=torch.float64)
+    # q(z|x,y): the exact posterior's mean P⁻¹W_zᵀ(x - W_y e_y - b)/σ² (linear in x and y) with its
+    # diagonal variances widened 1.5², an imperfect proposal as an encoder would learn
+    post_cov = torch.linalg.inv(torch.eye(d, dtype=torch.float64) + W_z.T @ W_z / 0.36)
+    A = post_cov @ W_z.T / 0.36
+    enc = model.encoder
+    with torch.no_grad():
+        enc.first.weight.zero_(), enc.cond.weight.zero_()
+        enc.first.weight[:d], enc.first.bias[:d], enc.cond.weight[:d] = A, -A @ b, -A @ W_y
+        enc.first.bias[d:] = (2.25 * post_cov.diagonal()).log()
+    x = torch.randn(8, D, dtype=torch.float64)
+    exact = torch.logsumexp(torch.stack([MultivariateNormal(W_y[:, k] + b, cov).log_prob(x) for k in range(K)]), 0) - math.log(K)
+    log_p, se = importance_sampled(model, x, 4000)
+    assert_within_se(log_p + se**2 / 2, exact, se, "M2 IS log-likelihood")
+    u = model.elbo(x, "B", samples=2000).elbo.detach()  # U(x) ≤ log p(x), up to its MC error (≈ 0.02 here)
+    assert (u <= exact + 0.1).all() and (exact - u > 0.1).any()
+
+
+def test_semi_supervised_loss_is_its_three_terms():
+    model = tiny_m2()
+    g = torch.Generator().manual_seed(5)
+    x_u, x_l = torch.rand(7, D, generator=g, dtype=torch.float64), torch.rand(3, D, generator=g, dtype=torch.float64)
+    y_l = torch.tensor([0, 1, 2])
+    torch.manual_seed(1)
+    loss, terms, nll = semi_supervised(model, x_u, x_l, y_l, "B", 1, 1.0, alpha=2.5, labelled_share=0.3)
+    torch.manual_seed(1)
+    expected = (-0.3 * model.labelled_elbo(x_l, y_l, "B").objective.mean() + 2.5 * -model.classify(x_l).log_prob(y_l).mean()
+                - 0.7 * model.elbo(x_u, "B").objective.mean())
+    torch.testing.assert_close(loss, expected)
+    assert terms.elbo.shape == (7,) and nll > 0
+
+
+@pytest.mark.parametrize("n", [10, 30, 100])
+def test_label_selection_is_balanced_and_reproducible(n):
+    y = torch.from_numpy(np.random.default_rng(0).integers(0, 10, 2000))
+    idx = balanced_labels(y, n, seed=4)
+    assert len(idx) == n == len(set(idx.tolist()))
+    assert torch.bincount(y[idx], minlength=10).tolist() == [n // 10] * 10
+    assert torch.equal(idx, balanced_labels(y, n, seed=4))
+    assert not torch.equal(idx, balanced_labels(y, n, seed=5))
+    assert torch.equal(balanced_labels(y, None, seed=4), torch.arange(2000))
+
+
+def test_label_selection_refuses_what_cannot_be_balanced():
+    y = torch.tensor([0] * 50 + [1] * 3)
+    with pytest.raises(ConfigError, match="use a multiple of 2"):
+        balanced_labels(y, 5, 0)
+    with pytest.raises(ConfigError, match="only 3 of class 1"):
+        balanced_labels(y, 10, 0)
+
+
+def digits_cfg(model, **train):
+    cfg = Config()
+    cfg.data.dataset, cfg.data.labelled = "digits", 50
+    cfg.model.model, cfg.model.hidden, cfg.model.latent_dim = model, [128], 8
+    cfg.train.epochs, cfg.train.batch_size = train.pop("epochs", 4), 64
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+@pytest.mark.parametrize("model", ["m2", "pcvae"])
+def test_a_short_semi_supervised_run_learns_above_chance(tmp_path, model):
+    """50 labels of the 8×8 digits (5 per class), a few epochs: well above the 10% of chance."""
+    run = aevb.train(digits_cfg(model, epochs=6), tmp_path / model, quiet=True)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["test_accuracy"] > 0.4, records[-1]
+    assert "train_class_nll" in records[-1]
+    m = aevb.load(run)
+    x = torch.zeros(1, 64)
+    assert predict(m, x).shape == (1,)
+
+
+def test_m2_runs_evaluate_and_report(tmp_path):
+    run = aevb.train(digits_cfg("m2", epochs=1), tmp_path / "m2", quiet=True)
+    assert main(["evaluate", str(run), "--k", "20", "--test-size", "50"]) == 0
+    r = json.loads((run / "eval.json").read_text())
+    assert r["log_likelihood"]["value"] >= r["elbo_B"]["elbo"] - 0.5
+    assert main(["report", str(run), "--test-size", "50"]) == 0
+    page = (run / "report.html").read_text()
+    assert "analogies.png" in page or "data:image/png" in page
+    assert (run / "analogies.png").stat().st_size > 0
+
+
+def test_resume_of_a_semi_supervised_run_is_bit_identical(tmp_path):
+    straight = aevb.train(digits_cfg("m2", epochs=2), tmp_path / "a", quiet=True)
+    aevb.train(digits_cfg("m2", epochs=1), tmp_path / "b", quiet=True)
+    resumed = aevb.train(digits_cfg("m2", epochs=2), tmp_path / "b", resume=True, quiet=True)
+    assert (straight / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()
+
+
+def test_mean_ci_is_the_student_t_interval():
+    mean, half = mean_ci([0.9, 0.92, 0.94])
+    assert mean == pytest.approx(0.92)
+    assert half == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-5)
+    assert mean_ci([0.5]) == (0.5, None)
+
+
+def test_experiment_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "exp"
+    argv = ["experiment", "ssl", "--dataset", "digits", "--labels", "50,all", "--seeds", "2", "--epochs", "1",
+            "--train-size", "300", "--test-size", "100", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    table = (out / "table.md").read_text()
+    for name in ROWS.values():
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+        assert row.count("±") == 2, row  # both columns, two seeds each
+    rows = (out / "table.csv").read_text().splitlines()
+    assert rows[0].startswith("row,labels,n_seeds,accuracy_mean") and len(rows) == 1 + 2 * len(ROWS)
+    assert (out / "figures" / "m2-analogies.png").stat().st_size > 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2 * 2 * len(ROWS)
+    # the same command continues (nothing to do); other settings are refused with one line
+    before = (out / "results.jsonl").read_text()
+    assert main(argv) == 0 and (out / "results.jsonl").read_text() == before
+    capsys.readouterr()
+    assert main([*argv[:-3], "--train-size", "500", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds an experiment with other settings (train_size)" in err
