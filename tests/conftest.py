@@ -38,3 +38,13 @@ def _assert_within_se(estimate, exact, se, what: str = "estimate", k: float = SE
 def assert_within_se():
     """``assert_within_se(estimate, exact, se, what, k=5, atol=0)``, elementwise over tensors."""
     return _assert_within_se
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (restored after): tiny tensor ops on a shared 2-core machine
+    run much faster without thread synchronisation, and bit-identity is claimed per thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -118,12 +118,12 @@ class Trainer:
         self.labelled_share = len(labelled) / len(data.train_x)
         self.labelled_batch = min(t.labelled_batch_size or t.batch_size, len(labelled))
 
-    def _loss(self, x: torch.Tensor, idx: torch.Tensor, beta: float) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor]:
-        """The loss of one step, the ELBO terms to log and the classification NLL (0 without labels)."""
+    def _loss(self, x: torch.Tensor, idx: torch.Tensor, beta: float) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor | None]:
+        """The loss of one step, the ELBO terms to log and the classification NLL (None without labels)."""
         t = self.cfg.train
         if not self.semi_supervised:
             terms = self.estimator(self.model, x, t.samples, beta)
-            return -terms.objective.mean(), terms, terms.objective.new_zeros(())
+            return -terms.objective.mean(), terms, None
         if self.has_unlabelled:
             pick = torch.randperm(len(self.x_labelled), device=self.device)[:self.labelled_batch]
             x_u, x_l, y_l = x, self.binarized(self.x_labelled[pick]), self.y_labelled[pick]
@@ -139,7 +139,8 @@ class Trainer:
         t, model, optimizer = self.cfg.train, self.model, self.optimizer
         n, bs = len(self.x_train), t.batch_size
         started = time.perf_counter()
-        sums = torch.zeros(4, device=self.device)
+        sums = torch.zeros(3, device=self.device)
+        class_nll_sum = torch.zeros((), device=self.device)
         perm = torch.randperm(n, device=self.device)
         bar = tqdm(total=self.steps, desc=f"epoch {epoch}/{t.epochs}", disable=quiet, leave=False, mininterval=0.5)
         for step in range(self.steps):
@@ -153,14 +154,16 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums += torch.stack([terms.elbo.sum(), terms.log_px_z.sum(), terms.kl.sum(), class_nll * len(x)]).detach()
+            sums += torch.stack([terms.elbo.sum(), terms.log_px_z.sum(), terms.kl.sum()]).detach()
+            if class_nll is not None:
+                class_nll_sum += class_nll.detach() * len(x)
             bar.update()
         bar.close()
         seconds = time.perf_counter() - started
-        elbo, log_px_z, kl, class_nll = (sums / n).tolist()
+        elbo, log_px_z, kl = (sums / n).tolist()
         record = {"epoch": epoch, "samples_seen": epoch * n, "beta": beta, "train_elbo": elbo,
                   "train_log_px_z": log_px_z, "train_kl": kl, "seconds": seconds, "samples_per_sec": n / seconds}
-        return record | ({"train_class_nll": class_nll} if self.semi_supervised else {})
+        return record | ({"train_class_nll": class_nll_sum.item() / n} if self.semi_supervised else {})
 
     def test(self) -> dict[str, float]:
         """Mean test ELBO terms under the training estimator."""

@@ -179,10 +179,10 @@ class Experiment:
         return accuracy(predict(self.load("m2", labels, seed), data.test_x), data.test_y)
 
     def row_m1_m2(self, data, x_l, y_l, labels, seed):
-        features = self.m1_features(labels, seed).resolve()
-        model = self.load("m1+m2", labels, seed, data=load_dataset(DataConfig(dataset=f"npz:{features}")),
-                          dataset=f"npz:{features}")
-        return accuracy(predict(model, torch.from_numpy(np.load(features, allow_pickle=False)["x_test"])), data.test_y)
+        dataset = f"npz:{self.m1_features(labels, seed).resolve()}"
+        features = load_dataset(DataConfig(dataset=dataset))
+        model = self.load("m1+m2", labels, seed, data=features, dataset=dataset)
+        return accuracy(predict(model, features.test_x), data.test_y)
 
     def m1_features(self, labels, seed: int) -> Path:
         """M1's posterior means of every train and test image, with the labels, as an npz."""
