@@ -125,6 +125,18 @@ def test_semi_supervised_loss_is_its_three_terms():
     assert terms.elbo.shape == (7,) and nll > 0
 
 
+@pytest.mark.parametrize("weight", [None, 0.5])
+def test_labelled_weight_sets_the_share_of_the_labelled_bound(weight):
+    """Unset, the labelled bound weighs N_l/N (Kingma et al.'s sum over the data); set, it weighs as asked."""
+    from aevb.data import load_dataset
+    from aevb.train import Trainer
+
+    cfg = digits_cfg("m2", labelled_weight=weight)
+    data = load_dataset(cfg.data)
+    trainer = Trainer(cfg, data)
+    assert trainer.labelled_share == (50 / len(data.train_x) if weight is None else weight)
+
+
 @pytest.mark.parametrize("n", [10, 30, 100])
 def test_label_selection_is_balanced_and_reproducible(n):
     y = torch.from_numpy(np.random.default_rng(0).integers(0, 10, 2000))

@@ -115,7 +115,7 @@ class Trainer:
         self.has_unlabelled = bool(unlabelled.any())
         self.x_train = data.train_x[unlabelled].to(self.device) if self.has_unlabelled else self.x_labelled
         self.alpha = self.model.default_alpha if t.alpha is None else t.alpha
-        self.labelled_share = len(labelled) / len(data.train_x)
+        self.labelled_share = len(labelled) / len(data.train_x) if t.labelled_weight is None else t.labelled_weight
         self.labelled_batch = min(t.labelled_batch_size or t.batch_size, len(labelled))
 
     def _loss(self, x: torch.Tensor, idx: torch.Tensor, beta: float) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor | None]:
