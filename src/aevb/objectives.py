@@ -114,7 +114,7 @@ def semi_supervised(model, x_u, x_l, y_l, estimator: str = "auto", samples: int 
     ``labelled_share`` is N_l/N and ``alpha`` the per-datapoint weight α/N (0.1 in the paper).
     A larger ``labelled_share`` (the trainer's ``labelled_weight``; 0.5 weighs a labelled and an
     unlabelled example alike, as the per-step loss of most M2 code does) over-samples the labelled
-    examples, which teaches the decoder to use y before q(y|x) is any good.
+    examples.
     M2 has its bounds U and L; the PC-VAE the plain ELBO for both and its latent classifier as
     q(y|x). ``x_u`` is None when every training example is labelled. Returns the loss, the terms
     of the unlabelled batch (of the labelled one without it) and the mean of -log q(y|x)."""
