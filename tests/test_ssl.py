@@ -18,7 +18,7 @@ from aevb.config import Config, ModelConfig
 from aevb.data import balanced_labels
 from aevb.errors import ConfigError
 from aevb.evaluate import importance_sampled
-from aevb.experiments.ssl import ROWS, mean_ci
+from aevb.experiments.ssl import ROWS, Experiment, Settings, feature_accuracy, mean_ci
 from aevb.models import build_model, predict
 from aevb.objectives import semi_supervised
 
@@ -125,6 +125,50 @@ def test_semi_supervised_loss_is_its_three_terms():
     assert terms.elbo.shape == (7,) and nll > 0
 
 
+def test_each_step_of_an_interleaved_schedule_drops_the_other_batch():
+    """Pyro's schedule: an unlabelled step is -mean U alone, a labelled one α·CE - mean L alone."""
+    model = tiny_m2()
+    g = torch.Generator().manual_seed(6)
+    x_u, x_l = torch.rand(5, D, generator=g, dtype=torch.float64), torch.rand(3, D, generator=g, dtype=torch.float64)
+    y_l = torch.tensor([2, 0, 1])
+    torch.manual_seed(2)
+    unlabelled, terms, nll = semi_supervised(model, x_u, None, None, "B", 1, 1.0, alpha=3.0, labelled_share=0.0)
+    torch.manual_seed(2)
+    torch.testing.assert_close(unlabelled, -model.elbo(x_u, "B").objective.mean())
+    assert nll is None and terms.elbo.shape == (5,)
+    torch.manual_seed(2)
+    labelled, terms, nll = semi_supervised(model, None, x_l, y_l, "B", 1, 1.0, alpha=3.0, labelled_share=1.0)
+    torch.manual_seed(2)
+    expected = -model.labelled_elbo(x_l, y_l, "B").objective.mean() - 3.0 * model.classify(x_l).log_prob(y_l).mean()
+    torch.testing.assert_close(labelled, expected)
+    assert terms.elbo.shape == (3,)
+
+
+@pytest.mark.parametrize("every", [None, 1, 4, 1000])
+def test_labelled_every_adds_one_labelled_step_per_k_unlabelled(every):
+    """An epoch takes ceil(S/K) labelled steps besides its S unlabelled ones; unset, S steps that
+    each hold both batches."""
+    from aevb.data import load_dataset
+    from aevb.train import Trainer
+
+    cfg = digits_cfg("m2", epochs=1, labelled_every=every)
+    trainer = Trainer(cfg, load_dataset(cfg.data))
+    steps = []
+    optimizer_step = trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: (steps.append(1), optimizer_step(*a, **k))[1]
+    record = trainer.epoch(1)
+    s = trainer.steps
+    assert len(steps) == s + (0 if every is None else math.ceil(s / every))
+    assert math.isfinite(record["train_class_nll"]) and record["train_class_nll"] > 0
+
+
+def test_labelled_every_is_refused_for_a_model_without_labels():
+    with pytest.raises(ConfigError, match="--labelled-every applies to the semi-supervised models"):
+        cfg = digits_cfg("vae", labelled_every=10)
+        cfg.data.labelled = None
+        aevb.train(cfg, None, quiet=True)
+
+
 @pytest.mark.parametrize("weight", [None, 0.5])
 def test_labelled_weight_sets_the_share_of_the_labelled_bound(weight):
     """Unset, the labelled bound weighs N_l/N (Kingma et al.'s sum over the data); set, it weighs as asked."""
@@ -223,3 +267,19 @@ def test_experiment_through_the_cli(tmp_path, capsys):
     assert main([*argv[:-3], "--train-size", "500", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "holds an experiment with other settings (train_size)" in err
+    assert main([*argv[:-1], "--classifier", "svm", "--quiet"]) == 2
+    assert "other settings (classifier)" in capsys.readouterr().err
+
+
+def test_the_svm_option_is_a_kernel_classifier():
+    """Two concentric rings: no line separates them (logistic regression near chance), the RBF SVM does."""
+    g = np.random.default_rng(0)
+    def rings(n):
+        r = np.repeat([1.0, 3.0], n // 2) + g.normal(0, 0.2, n)
+        a = g.uniform(0, 2 * np.pi, n)
+        return np.stack([r * np.cos(a), r * np.sin(a)], 1), np.repeat([0, 1], n // 2)
+    (x, y), (x_test, y_test) = rings(200), rings(1000)
+    assert feature_accuracy(x, y, x_test, y_test, seed=0, classifier="logistic") < 0.7
+    assert feature_accuracy(x, y, x_test, y_test, seed=0, classifier="svm") > 0.97
+    exp = Experiment(Settings(classifier="svm"))
+    assert exp.row_name("d") == "(d) M1: SVM on M1 latent samples" and exp.row_name("m2") == ROWS["m2"]

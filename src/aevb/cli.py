@@ -209,7 +209,7 @@ def cmd_experiment_ssl(args) -> None:
     out = Path(args.out or f"experiments/ssl-{args.dataset.replace(':', '-').replace('/', '-')}")
     settings = Settings(dataset=args.dataset, labels=parse_labels(args.labels), seeds=args.seeds, out=out,
                         data_dir=args.data_dir, epochs=args.epochs, train_size=args.train_size,
-                        test_size=args.test_size, quiet=args.quiet)
+                        test_size=args.test_size, classifier=args.classifier, quiet=args.quiet)
     started = time.perf_counter()
     print(run_ssl(settings))
     print(f"wrote {out}/table.md and {out}/table.csv in {(time.perf_counter() - started) / 60:.1f} min")
@@ -338,6 +338,9 @@ def build_parser() -> Parser:
     p.add_argument("--train-size", type=positive_int, help="the first N training images only (quick runs)")
     p.add_argument("--test-size", type=positive_int, help="the first N test images only (quick runs)")
     p.add_argument("--data-dir")
+    p.add_argument("--classifier", choices=["logistic", "svm"], default="logistic",
+                   help="the classifier on pixels and latents, rows (a) (c) (d) (e): scikit-learn logistic "
+                   "regression (default) or an RBF-kernel SVM")
     p.add_argument("--quiet", action="store_true", help="print the table only")
     p.set_defaults(func=cmd_experiment_ssl)
 

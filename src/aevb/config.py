@@ -74,6 +74,7 @@ class TrainConfig:
     alpha: typing.Optional[float] = None  # weight of the mean classification loss per datapoint; None: the model's default
     labelled_batch_size: typing.Optional[int] = None  # labelled examples per step; None: min(batch_size, labelled)
     labelled_weight: typing.Optional[float] = None  # weight of the labelled bound's mean, the unlabelled one's is 1 - it; None: N_l/N
+    labelled_every: typing.Optional[int] = None  # a labelled step after every K unlabelled steps (Pyro's schedule); None: a labelled batch in every step
 
 
 @dataclass
@@ -104,7 +105,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 POSITIVE_ITEMS = {"hidden", "conv_channels"}  # layer sizes: every item of the list
 POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs", "batch_size", "samples",
             "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
-            "nan_retries", "labelled", "labelled_batch_size", "labelled_weight"}
+            "nan_retries", "labelled", "labelled_batch_size", "labelled_weight", "labelled_every"}
 NON_NEGATIVE = {"beta", "warmup_epochs", "alpha"}
 AT_MOST_ONE = {"cycle_ratio": "(0, 1]", "labelled_weight": "(0, 1]"}  # fractions: upper bound inclusive
 BELOW_ONE = {"nan_lr_factor": "(0, 1)"}  # fractions: upper bound exclusive

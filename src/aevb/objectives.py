@@ -105,7 +105,7 @@ def iwae_bound(model, x, samples: int = 1, beta: float = 1.0) -> ELBOTerms:
 
 
 def semi_supervised(model, x_u, x_l, y_l, estimator: str = "auto", samples: int = 1, beta: float = 1.0,
-                    alpha: float = 0.1, labelled_share: float = 1.0) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor]:
+                    alpha: float = 0.1, labelled_share: float = 1.0) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor | None]:
     """The semi-supervised loss of Kingma et al. 2014 (eq. 9), J^α = Σ_l L(x,y) + Σ_u U(x)
     + α E_l[log q(y|x)] with α = 0.1·N, divided by the N training examples:
 
@@ -116,15 +116,19 @@ def semi_supervised(model, x_u, x_l, y_l, estimator: str = "auto", samples: int 
     unlabelled example alike, as the per-step loss of most M2 code does) over-samples the labelled
     examples.
     M2 has its bounds U and L; the PC-VAE the plain ELBO for both and its latent classifier as
-    q(y|x). ``x_u`` is None when every training example is labelled. Returns the loss, the terms
-    of the unlabelled batch (of the labelled one without it) and the mean of -log q(y|x)."""
-    labelled = model.labelled_elbo(x_l, y_l, estimator, samples, beta)
-    class_nll = -model.class_log_prob(x_l, y_l).mean()
-    loss = alpha * class_nll - labelled_share * labelled.objective.mean()
-    if x_u is None:
-        return loss, labelled, class_nll
-    unlabelled = model.elbo(x_u, estimator, samples, beta)
-    return loss - (1 - labelled_share) * unlabelled.objective.mean(), unlabelled, class_nll
+    q(y|x). Either batch may be None and its terms are dropped: ``x_u`` where every training
+    example is labelled, and on the two kinds of step of an interleaved schedule (labelled_share 1
+    with ``x_u`` None, 0 with ``x_l`` None). Returns the loss, the terms of the unlabelled batch (of
+    the labelled one without it) and the mean of -log q(y|x) (None without a labelled batch)."""
+    loss, terms, class_nll = 0.0, None, None
+    if x_l is not None:
+        terms = model.labelled_elbo(x_l, y_l, estimator, samples, beta)
+        class_nll = -model.class_log_prob(x_l, y_l).mean()
+        loss = alpha * class_nll - labelled_share * terms.objective.mean()
+    if x_u is not None:
+        terms = model.elbo(x_u, estimator, samples, beta)
+        loss = loss - (1 - labelled_share) * terms.objective.mean()
+    return loss, terms, class_nll
 
 
 def score_function_surrogate(log_q: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

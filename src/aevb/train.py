@@ -100,13 +100,17 @@ class Trainer:
         self.semi_supervised = is_semi_supervised(self.model)
         if self.semi_supervised:
             self._split_labelled(data, t)
-        elif cfg.data.labelled is not None:
-            raise ConfigError(f"--labelled applies to the semi-supervised models (m2, pcvae), not {cfg.model.model}")
+        else:
+            for flag, value in (("--labelled", cfg.data.labelled), ("--labelled-every", t.labelled_every)):
+                if value is not None:
+                    raise ConfigError(f"{flag} applies to the semi-supervised models (m2, pcvae), not {cfg.model.model}")
         self.steps = math.ceil(len(self.x_train) / t.batch_size)
 
     def _split_labelled(self, data: Dataset, t) -> None:
         """The balanced labelled set (chosen by the seed) and the unlabelled rest, which an epoch
-        passes over; where every example is labelled, an epoch passes over the labelled set."""
+        passes over; where every example is labelled, an epoch passes over the labelled set.
+        With ``labelled_every`` K, a labelled batch gets a step of its own before every K-th
+        unlabelled one, as Pyro's SS-VAE does (K ≈ N_u / N_l batches), instead of joining every step."""
         labelled = balanced_labels(data.train_y, self.cfg.data.labelled, t.seed)
         unlabelled = torch.ones(len(data.train_x), dtype=torch.bool)
         unlabelled[labelled] = False
@@ -117,6 +121,7 @@ class Trainer:
         self.alpha = self.model.default_alpha if t.alpha is None else t.alpha
         self.labelled_share = len(labelled) / len(data.train_x) if t.labelled_weight is None else t.labelled_weight
         self.labelled_batch = min(t.labelled_batch_size or t.batch_size, len(labelled))
+        self.labelled_every = t.labelled_every if self.has_unlabelled else None
 
     def _loss(self, x: torch.Tensor, idx: torch.Tensor, beta: float) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor | None]:
         """The loss of one step, the ELBO terms to log and the classification NLL (None without labels)."""
@@ -124,46 +129,63 @@ class Trainer:
         if not self.semi_supervised:
             terms = self.estimator(self.model, x, t.samples, beta)
             return -terms.objective.mean(), terms, None
-        if self.has_unlabelled:
-            pick = torch.randperm(len(self.x_labelled), device=self.device)[:self.labelled_batch]
-            x_u, x_l, y_l = x, self.binarized(self.x_labelled[pick]), self.y_labelled[pick]
-        else:
-            x_u, x_l, y_l = None, x, self.y_labelled[idx]
-        return semi_supervised(self.model, x_u, x_l, y_l, t.estimator, t.samples, beta, self.alpha, self.labelled_share)
+        if not self.has_unlabelled:
+            return self._semi_supervised(None, x, self.y_labelled[idx], beta, self.labelled_share)
+        if self.labelled_every:
+            return self._semi_supervised(x, None, None, beta, 0.0)
+        return self._semi_supervised(x, *self._labelled_batch(), beta, self.labelled_share)
+
+    def _labelled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = torch.randperm(len(self.x_labelled), device=self.device)[:self.labelled_batch]
+        return self.binarized(self.x_labelled[pick]), self.y_labelled[pick]
+
+    def _semi_supervised(self, x_u, x_l, y_l, beta: float, labelled_share: float):
+        t = self.cfg.train
+        return semi_supervised(self.model, x_u, x_l, y_l, t.estimator, t.samples, beta, self.alpha, labelled_share)
+
+    def _step(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the loss became {loss.item()} at epoch {epoch}, step {step + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
 
     def binarized(self, x: torch.Tensor) -> torch.Tensor:
         return torch.bernoulli(x) if self.data.binarize == "dynamic" else x
 
     def epoch(self, epoch: int, quiet: bool = True) -> dict[str, float]:
         """One pass over the training data in random order (epochs count from 1)."""
-        t, model, optimizer = self.cfg.train, self.model, self.optimizer
+        t = self.cfg.train
         n, bs = len(self.x_train), t.batch_size
         started = time.perf_counter()
         sums = torch.zeros(3, device=self.device)
-        class_nll_sum = torch.zeros((), device=self.device)
+        class_nll_sum, class_steps = torch.zeros((), device=self.device), 0
         perm = torch.randperm(n, device=self.device)
         bar = tqdm(total=self.steps, desc=f"epoch {epoch}/{t.epochs}", disable=quiet, leave=False, mininterval=0.5)
-        for step in range(self.steps):
-            idx = perm[step * bs:(step + 1) * bs]
-            x = self.binarized(self.x_train[idx])
-            beta = self.schedule(t.beta, epoch - 1 + step / self.steps, t.epochs, t.warmup_epochs, t.cycles, t.cycle_ratio)
-            loss, terms, class_nll = self._loss(x, idx, beta)
-            if not torch.isfinite(loss):
-                bar.close()
-                raise TrainingDiverged(f"the loss became {loss.item()} at epoch {epoch}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.stack([terms.elbo.sum(), terms.log_px_z.sum(), terms.kl.sum()]).detach()
-            if class_nll is not None:
-                class_nll_sum += class_nll.detach() * len(x)
-            bar.update()
-        bar.close()
+        try:
+            for step in range(self.steps):
+                idx = perm[step * bs:(step + 1) * bs]
+                x = self.binarized(self.x_train[idx])
+                beta = self.schedule(t.beta, epoch - 1 + step / self.steps, t.epochs, t.warmup_epochs, t.cycles, t.cycle_ratio)
+                if self.semi_supervised and self.labelled_every and step % self.labelled_every == 0:
+                    loss, _, class_nll = self._semi_supervised(None, *self._labelled_batch(), beta, 1.0)
+                    self._step(loss, epoch, step)
+                else:
+                    class_nll = None
+                loss, terms, step_nll = self._loss(x, idx, beta)
+                self._step(loss, epoch, step)
+                sums += torch.stack([terms.elbo.sum(), terms.log_px_z.sum(), terms.kl.sum()]).detach()
+                for nll in (class_nll, step_nll):
+                    if nll is not None:
+                        class_nll_sum, class_steps = class_nll_sum + nll.detach(), class_steps + 1
+                bar.update()
+        finally:
+            bar.close()
         seconds = time.perf_counter() - started
         elbo, log_px_z, kl = (sums / n).tolist()
         record = {"epoch": epoch, "samples_seen": epoch * n, "beta": beta, "train_elbo": elbo,
                   "train_log_px_z": log_px_z, "train_kl": kl, "seconds": seconds, "samples_per_sec": n / seconds}
-        return record | ({"train_class_nll": class_nll_sum.item() / n} if self.semi_supervised else {})
+        return record | ({"train_class_nll": class_nll_sum.item() / max(class_steps, 1)} if self.semi_supervised else {})
 
     def test(self) -> dict[str, float]:
         """Mean test ELBO terms under the training estimator."""
