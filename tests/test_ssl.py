@@ -247,7 +247,7 @@ def test_mean_ci_is_the_student_t_interval():
     assert mean_ci([0.5]) == (0.5, None)
 
 
-def test_experiment_through_the_cli(tmp_path, capsys):
+def test_experiment_through_the_cli(tmp_path, capsys, monkeypatch):
     out = tmp_path / "exp"
     argv = ["experiment", "ssl", "--dataset", "digits", "--labels", "50,all", "--seeds", "2", "--epochs", "1",
             "--train-size", "300", "--test-size", "100", "--out", str(out), "--quiet"]
@@ -269,6 +269,13 @@ def test_experiment_through_the_cli(tmp_path, capsys):
     assert err.count("\n") == 0 and "holds an experiment with other settings (train_size)" in err
     assert main([*argv[:-1], "--classifier", "svm", "--quiet"]) == 2
     assert "other settings (classifier)" in capsys.readouterr().err
+    # a change to one model's settings recomputes only the rows that depend on it, in runs of their own
+    from aevb.experiments import ssl
+    monkeypatch.setitem(ssl.MODEL_SETTINGS, "m2", dict(ssl.MODEL_SETTINGS["m2"], alpha=5.0))
+    assert main(argv) == 0
+    new = (out / "results.jsonl").read_text()[len(before):].splitlines()
+    assert sorted((json.loads(r)["row"], str(json.loads(r)["labels"])) for r in new) == [("m2", "50")] * 2 + [("m2", "all")] * 2
+    assert len(list((out / "runs" / "labels-50" / "seed1").glob("m2-*"))) == 2
 
 
 def test_the_svm_option_is_a_kernel_classifier():

@@ -15,12 +15,14 @@ accuracy of:
 Every generative model is an ``aevb.models`` entry trained by ``aevb.train`` into a run
 directory under ``OUT/runs``; a finished run is reused and an interrupted one resumed, and each
 accuracy is appended to ``OUT/results.jsonl`` as it is known, so a stopped experiment picks up
-where it was. The table goes to ``OUT/table.md`` and ``OUT/table.csv``: mean ± the half-width of
+where it was. Runs and accuracies carry a digest of the settings of the models they depend on
+(``ROW_MODELS``), so a change to one model in ``MODEL_SETTINGS`` recomputes only its rows. The table goes to ``OUT/table.md`` and ``OUT/table.csv``: mean ± the half-width of
 the 95% Student-t interval over seeds.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -49,7 +51,10 @@ ROWS = {  # key: what the row is
     "m1+m2": "M1+M2: M2 on M1 latent means",
 }
 CLASSIFIERS = {"logistic": "logistic regression", "svm": "SVM"}  # rows (a), (c), (d), (e): scikit-learn on features
-M1_DRAWS = 10  # posterior samples per labelled image as M1's training features (Kingma et al. 2014, section 3.1)
+M1_DRAWS = 10
+ROW_MODELS = {"a": (), "b": ("vae",), "c": ("vae",), "d": ("m1",), "e": ("pcvae",), "m2": ("m2",),
+              "m1+m2": ("m1", "m1+m2")}  # the models whose settings each row's accuracy depends on
+RUN_MODELS = {"m1+m2": ("m1", "m1+m2")}  # a run trained on another model's features depends on both  # posterior samples per labelled image as M1's training features (Kingma et al. 2014, section 3.1)
 
 # The models, as overrides of the default Config (the pytorch-examples VAE). M1 and M2 follow
 # Kingma et al. 2014: M1 two softplus layers of 600 and 50 latent dimensions, M2 one softplus
@@ -129,17 +134,14 @@ class Experiment:
         """Train (or reuse, or resume) model ``name`` for this setting; unsupervised models depend on the split only."""
         cfg = Config()
         cfg.data = DataConfig(dataset=dataset) if dataset else self.data_config(labels)  # features: split already
-        settings = dict(MODEL_SETTINGS[name], net=self.s.net, seed=seed)
-        if self.s.epochs:
-            settings["epochs"] = self.s.epochs
-        for key, value in settings.items():
+        for key, value in dict(self.model_settings(name), net=self.s.net, seed=seed).items():
             section = "train" if hasattr(cfg.train, key) else "model"
             setattr(getattr(cfg, section), key, value)
         supervised = cfg.model.model != "vae"
         if supervised and labels != "all":
             cfg.data.labelled = labels
         where = f"labels-{labels}" if supervised else f"split-{cfg.data.split.replace('/', '-')}"
-        path = self.out / "runs" / where / f"seed{seed}" / name
+        path = self.out / "runs" / where / f"seed{seed}" / f"{name}-{self.digest(RUN_MODELS.get(name, (name,)))}"
         done = rundir.is_run(path) and rundir.checkpoint_epoch(path) >= cfg.train.epochs
         if not done:
             resume = rundir.is_run(path) and rundir.checkpoint_epoch(path) > 0
@@ -147,6 +149,14 @@ class Experiment:
             train(cfg, path, resume=resume, overwrite=not resume, quiet=self.s.quiet,
                   data=data if data is not None else self.data(labels))
         return path
+
+    def model_settings(self, name: str) -> dict:
+        return dict(MODEL_SETTINGS[name], **({"epochs": self.s.epochs} if self.s.epochs else {}))
+
+    def digest(self, models) -> str:
+        """A short digest of the settings of ``models``, naming the runs and the cells that depend on them."""
+        text = json.dumps([self.model_settings(m) for m in models], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def load(self, name: str, labels, seed: int, **kw):
         from ..api import load
@@ -165,7 +175,7 @@ class Experiment:
 
     def row_b(self, data, x_l, y_l, labels, seed):
         """As many steps of 128 as the VAE of row (c) takes over all the training images."""
-        epochs = self.s.epochs or MODEL_SETTINGS["vae"]["epochs"]
+        epochs = self.model_settings("vae")["epochs"]
         return net_accuracy(x_l, y_l, data.test_x, data.test_y, self.s.net, seed, epochs * math.ceil(len(data.train_x) / 128))
 
     def row_c(self, data, x_l, y_l, labels, seed, name="vae"):
@@ -208,13 +218,15 @@ class Experiment:
     # --- the table -------------------------------------------------------------------------
 
     def results(self) -> dict[tuple, dict]:
+        """The accuracies known for the current model settings, by (row, labels, seed)."""
         if not self.results_file.is_file():
             return {}
         out = {}
         for line in self.results_file.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                out[(r["row"], str(r["labels"]), r["seed"])] = r
+                if r.get("settings") == self.digest(ROW_MODELS[r["row"]]):
+                    out[(r["row"], str(r["labels"]), r["seed"])] = r
         return out
 
     def feature_accuracy(self, x, y, x_test, y_test, seed: int) -> float:
@@ -228,15 +240,16 @@ class Experiment:
             print(text, flush=True)
 
     def check_settings(self) -> None:
-        """An experiment folder holds one set of settings (those that change the numbers): refuse
-        to mix results, so a rerun with the same settings continues and another one needs --out."""
-        mine = {"dataset": self.s.dataset, "epochs": self.s.epochs, "train_size": self.s.train_size,
-                "test_size": self.s.test_size, "classifier": self.s.classifier, "models": MODEL_SETTINGS}
+        """An experiment folder holds one dataset, data subset and feature classifier: refuse to mix
+        them, so a rerun with the same ones continues and others need --out. (Model settings are
+        keyed per run and per cell instead.)"""
+        mine = {"dataset": self.s.dataset, "train_size": self.s.train_size, "test_size": self.s.test_size,
+                "classifier": self.s.classifier}
         file = self.out / "experiment.json"
         if file.is_file():
             theirs = json.loads(file.read_text())
-            if theirs != json.loads(json.dumps(mine)):
-                diff = [k for k in mine if json.dumps(mine[k]) != json.dumps(theirs.get(k))]
+            diff = [k for k in mine if json.dumps(mine[k]) != json.dumps(theirs.get(k))]
+            if diff:
                 raise ConfigError(f"{self.out} holds an experiment with other settings ({', '.join(diff)}); "
                                   "pass another --out, or the same settings to continue it")
         else:
@@ -254,7 +267,7 @@ class Experiment:
                     started = time.perf_counter()
                     acc = self.cell(row, labels, seed)
                     record = {"row": row, "labels": labels, "seed": seed, "accuracy": acc,
-                              "seconds": round(time.perf_counter() - started, 1)}
+                              "seconds": round(time.perf_counter() - started, 1), "settings": self.digest(ROW_MODELS[row])}
                     with open(self.results_file, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     known[(row, str(labels), seed)] = record
