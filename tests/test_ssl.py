@@ -20,7 +20,8 @@ from aevb.errors import ConfigError
 from aevb.evaluate import importance_sampled
 from aevb.experiments.ssl import ROWS, Experiment, Settings, feature_accuracy, mean_ci
 from aevb.models import build_model, predict
-from aevb.objectives import semi_supervised
+from aevb.models.m2 import _GivenClass
+from aevb.objectives import log_weights, semi_supervised
 
 D, K, d = 5, 3, 2
 
@@ -87,15 +88,15 @@ def test_unlabelled_objective_weights_both_kls_by_beta():
     torch.testing.assert_close(t.objective, t.log_px_z - 0.3 * t.kl, rtol=1e-10, atol=1e-10)
 
 
-def test_m2_importance_sampling_converges_to_the_exact_log_likelihood(torch_seed, assert_within_se):
-    """With a linear Gaussian decoder, p(x|y) = N(W_y e_y + b, W_z W_zᵀ + σ²I) exactly, so
-    log p(x) = log Σ_y p(y) N(x; ...): the stratified IS estimate must converge to it."""
+def linear_gaussian_m2():
+    """M2 with a linear Gaussian decoder, so p(x|y) = N(W_y e_y + b, W_z W_zᵀ + σ²I) exactly; q(z|x,y)
+    is the exact posterior's mean P⁻¹W_zᵀ(x - W_y e_y - b)/σ² (linear in x and y) with its diagonal
+    variances widened 1.5², an imperfect proposal as an encoder would learn. Returns the model and
+    the exact log p(x|y) of every class, shape (N, K)."""
     model = tiny_m2("gaussian", likelihood_scale="fixed", likelihood_scale_init=0.6)
     dec = model.decoder.body[0]
     W_z, W_y, b = dec.weight[:, :d].detach(), dec.weight[:, d:].detach(), dec.bias.detach()
     cov = W_z @ W_z.T + 0.36 * torch.eye(D, dtype=torch.float64)
-    # q(z|x,y): the exact posterior's mean P⁻¹W_zᵀ(x - W_y e_y - b)/σ² (linear in x and y) with its
-    # diagonal variances widened 1.5², an imperfect proposal as an encoder would learn
     post_cov = torch.linalg.inv(torch.eye(d, dtype=torch.float64) + W_z.T @ W_z / 0.36)
     A = post_cov @ W_z.T / 0.36
     enc = model.encoder
@@ -103,12 +104,34 @@ def test_m2_importance_sampling_converges_to_the_exact_log_likelihood(torch_seed
         enc.first.weight.zero_(), enc.cond.weight.zero_()
         enc.first.weight[:d], enc.first.bias[:d], enc.cond.weight[:d] = A, -A @ b, -A @ W_y
         enc.first.bias[d:] = (2.25 * post_cov.diagonal()).log()
+    return model, lambda x: torch.stack([MultivariateNormal(W_y[:, k] + b, cov).log_prob(x) for k in range(K)], -1)
+
+
+def test_m2_importance_sampling_converges_to_the_exact_log_likelihood(torch_seed, assert_within_se):
+    """log p(x) = log Σ_y p(y) p(x|y) in closed form: the stratified IS estimate must converge to it."""
+    model, log_px_y = linear_gaussian_m2()
     x = torch.randn(8, D, dtype=torch.float64)
-    exact = torch.logsumexp(torch.stack([MultivariateNormal(W_y[:, k] + b, cov).log_prob(x) for k in range(K)]), 0) - math.log(K)
+    exact = torch.logsumexp(log_px_y(x), -1) - math.log(K)
     log_p, se = importance_sampled(model, x, 4000)
     assert_within_se(log_p + se**2 / 2, exact, se, "M2 IS log-likelihood")
     u = model.elbo(x, "B", samples=2000).elbo.detach()  # U(x) ≤ log p(x), up to its MC error (≈ 0.02 here)
     assert (u <= exact + 0.1).all() and (exact - u > 0.1).any()
+
+
+def test_m2_class_joint_converges_to_the_exact_log_p_x_y(torch_seed, assert_within_se):
+    """log p(x, y) per class against N(x; W_y e_y + b, W_z W_zᵀ + σ²I)/K, within 5 delta-method
+    standard errors sqrt(Var(w)/(S E[w]²)) of the S-sample estimate."""
+    model, log_px_y = linear_gaussian_m2()
+    x = torch.randn(8, D, dtype=torch.float64)
+    S = 4000
+    torch.manual_seed(11)
+    estimate = model.class_log_joint(x, S).detach()
+    torch.manual_seed(11)
+    lw = log_weights(_GivenClass(model, model.all_classes()), x, S).detach()  # the same draws: (S, K, N)
+    log_mean = torch.logsumexp(lw, 0) - math.log(S)
+    se = (torch.expm1(torch.logsumexp(2 * lw, 0) - math.log(S) - 2 * log_mean).clamp(min=0) / S).sqrt().T
+    assert estimate.shape == (8, K)
+    assert_within_se(estimate + se**2 / 2, log_px_y(x) - math.log(K), se, "M2 log p(x, y)")
 
 
 def test_semi_supervised_loss_is_its_three_terms():
@@ -227,6 +250,9 @@ def test_m2_runs_evaluate_and_report(tmp_path):
     assert main(["evaluate", str(run), "--k", "20", "--test-size", "50"]) == 0
     r = json.loads((run / "eval.json").read_text())
     assert r["log_likelihood"]["value"] >= r["elbo_B"]["elbo"] - 0.5
+    c = r["classes"]  # the labels of the 50 test images: both accuracies, and how often they agree
+    assert set(c) == {"classifier_accuracy", "generative_accuracy", "agreement", "samples"}
+    assert all(0 <= c[k] <= 1 for k in ("classifier_accuracy", "generative_accuracy", "agreement"))
     assert main(["report", str(run), "--test-size", "50"]) == 0
     page = (run / "report.html").read_text()
     assert "analogies.png" in page or "data:image/png" in page

@@ -93,14 +93,15 @@ def cmd_train(args) -> None:
 
 
 def load_test_data(run: Path, n: int | None = None):
-    """The test split of a run's dataset (first n images)."""
+    """The test split of a run's dataset (first n images) and its labels (None without)."""
     from .data import load_dataset
     from .rundir import read_config
 
     cfg, _ = read_config(run)
     cfg.data.test_size = n
     cfg.data.train_size = 1
-    return load_dataset(cfg.data).test_x
+    data = load_dataset(cfg.data)
+    return data.test_x, data.test_y
 
 
 def cmd_evaluate(args) -> None:
@@ -110,10 +111,10 @@ def cmd_evaluate(args) -> None:
 
     run = Path(args.run)
     model = load(run)
-    x = load_test_data(run, args.test_size)
+    x, y = load_test_data(run, args.test_size)
     ks = sorted({1, 5, 50, args.k} if args.k >= 50 else {1, args.k})
     result = evaluate(model, x, ks, samples=args.samples, max_memory=int(args.max_memory * 2**20),
-                      progress=sys.stderr.isatty())
+                      progress=sys.stderr.isatty(), y=y)
     write_text(run / "eval.json", json.dumps(result, indent=2) + "\n")
     print(format_evaluation(result))
     print(f"written to {run / 'eval.json'}")

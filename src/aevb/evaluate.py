@@ -338,15 +338,34 @@ def diagnostics(model, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> 
             "warning": collapse_warning(active, len(a))}
 
 
+@torch.no_grad()
+def class_metrics(model, x: torch.Tensor, y: torch.Tensor, samples: int = 50, batch_size: int = 100) -> dict:
+    """For a semi-supervised model with labelled test data: the accuracy of its classifier q(y|x),
+    and for a model with a generative class (M2) the accuracy of argmax_y p(x, y), the class its
+    generative model gives x (importance-sampled, ``samples`` draws per class), with the agreement
+    of the two. A classifier far better than its generative model says the labels, not the
+    unlabelled bound, taught it: the generative class y is not the label."""
+    from .models import predict
+
+    out = {"classifier_accuracy": (predict(model, x).cpu() == y.cpu()).double().mean().item()}
+    if hasattr(model, "class_log_joint"):
+        joint = torch.cat([model.class_log_joint(x[i:i + batch_size], samples).argmax(-1)
+                           for i in range(0, len(x), batch_size)]).cpu()
+        out |= {"generative_accuracy": (joint == y.cpu()).double().mean().item(),
+                "agreement": (joint == predict(model, x).cpu()).double().mean().item(), "samples": samples}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # everything together
 
 
 def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
-             max_memory: int = DEFAULT_MAX_MEMORY, progress: bool = False) -> dict:
+             max_memory: int = DEFAULT_MAX_MEMORY, progress: bool = False, y: torch.Tensor | None = None) -> dict:
     """Test-set ELBO (A, and B where a closed-form KL exists), the IWAE bound for every k, the IS
     log-likelihood at the largest k with its standard error, in nats per datapoint and bits/dim,
-    and the diagnostics (KL per dimension, active units, a collapse warning)."""
+    the diagnostics (KL per dimension, active units, a collapse warning) and, for a
+    semi-supervised model given the labels ``y``, its class metrics."""
     started = time.perf_counter()
     result = {"n": len(x), "elbo_A": elbo_terms(model, x, "A", samples)}
     if model.has_analytic_kl():
@@ -362,6 +381,10 @@ def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
                                 "standard_error": (se.pow(2).sum().sqrt() / len(x)).item()}
     result["bits_per_dim"] = -result["log_likelihood"]["value"] / (math.prod(model.x_shape) * math.log(2))
     result["diagnostics"] = diagnostics(model, x)
+    from .models import is_semi_supervised
+
+    if y is not None and is_semi_supervised(model):
+        result["classes"] = class_metrics(model, x, y)
     result["decoder_pass"] = {"datapoints": batch, "samples": chunk, "max_memory": max_memory,
                               "bytes": cost.bytes(batch, chunk), "measured": cost.measured}
     result["seconds"] = time.perf_counter() - started
@@ -380,6 +403,12 @@ def format_evaluation(r: dict) -> str:
     lines = [f"test set: {r['n']} datapoints, nats per datapoint"] + [f"{name:<34}{v:>12.3f}" for name, v in rows]
     lines.append(f"{'log p(x), importance sampled':<34}{ll['value']:>12.3f}  ± {ll['standard_error']:.3f} (k={ll['k']})")
     lines.append(f"{'bits/dim':<34}{r['bits_per_dim']:>12.4f}")
+    c = r.get("classes")
+    if c:
+        lines.append(f"{'accuracy of the classifier q(y|x)':<34}{c['classifier_accuracy']:>12.4f}")
+        if "generative_accuracy" in c:
+            lines.append(f"{'accuracy of argmax_y p(x,y)':<34}{c['generative_accuracy']:>12.4f}  (S={c['samples']} per class)")
+            lines.append(f"{'  agreement with q(y|x)':<34}{c['agreement']:>12.4f}")
     d = r.get("diagnostics")
     if d:
         lines.append(f"{'active units (Cov_x E[z_d] > ' + str(d['threshold']) + ')':<34}{d['active_units']:>12d}  of {d['latent_dim']}")

@@ -12,6 +12,8 @@ and the K one-hot codes broadcast against them (see ``nets.Encoder``).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -111,6 +113,13 @@ class M2(LatentModel):
         so E[w] = p(x). Shape (samples, N); K decoder passes per draw."""
         lw = log_weights(_GivenClass(self, self.all_classes()), x, samples)  # (samples, K, N)
         return torch.logsumexp(lw + self.label_prior().logits.view(1, -1, 1), 1)
+
+    def class_log_joint(self, x: torch.Tensor, samples: int) -> torch.Tensor:
+        """log p(x, y) for every class, shape (N, K): log p(y) + log (1/S) Σ_s p(x|y,z_s) p(z_s) / q(z_s|x,y)
+        with z_s ~ q(z|x,y), an importance-sampled estimate (consistent, biased low for finite S).
+        Its argmax over y is the generative model's own classification of x."""
+        lw = log_weights(_GivenClass(self, self.all_classes()), x, samples)  # (samples, K, N)
+        return (torch.logsumexp(lw, 0) - math.log(samples) + self.label_prior().logits.unsqueeze(-1)).T
 
     def class_log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log q(y|x), the classification term of Kingma et al. 2014, eq. 9."""
