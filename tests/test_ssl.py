@@ -88,6 +88,22 @@ def test_unlabelled_objective_weights_both_kls_by_beta():
     torch.testing.assert_close(t.objective, t.log_px_z - 0.3 * t.kl, rtol=1e-10, atol=1e-10)
 
 
+def test_beta_y_weighs_the_kl_of_the_class_apart():
+    """objective = Σ_y q(y|x)(E log p(x|y,z) - β KL_z) - β_y KL(q(y|x) ‖ Uniform), from its parts."""
+    model = tiny_m2()
+    x = torch.rand(5, D, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    q = model.classify(x).probs
+    kl_y = (q * (q.log() + math.log(K))).sum(-1)
+    torch.manual_seed(0)
+    t = model.elbo(x, "B", beta=2.0, beta_y=0.5)
+    kl_z = t.kl - kl_y  # t.kl is the KL of the joint q(y,z|x): Σ_y q KL_z + KL_y
+    torch.testing.assert_close(t.objective, t.log_px_z - 2.0 * kl_z - 0.5 * kl_y, rtol=1e-10, atol=1e-10)
+    torch.manual_seed(0)
+    same = model.elbo(x, "B", beta=2.0, beta_y=2.0).objective
+    torch.manual_seed(0)
+    torch.testing.assert_close(same, model.elbo(x, "B", beta=2.0).objective)
+
+
 def linear_gaussian_m2():
     """M2 with a linear Gaussian decoder, so p(x|y) = N(W_y e_y + b, W_z W_zᵀ + σ²I) exactly; q(z|x,y)
     is the exact posterior's mean P⁻¹W_zᵀ(x - W_y e_y - b)/σ² (linear in x and y) with its diagonal
@@ -183,6 +199,11 @@ def test_labelled_every_adds_one_labelled_step_per_k_unlabelled(every):
     s = trainer.steps
     assert len(steps) == s + (0 if every is None else math.ceil(s / every))
     assert math.isfinite(record["train_class_nll"]) and record["train_class_nll"] > 0
+
+
+def test_beta_y_is_refused_for_a_model_without_a_generative_class():
+    with pytest.raises(ConfigError, match="--beta-y weighs the KL of M2's class y; pcvae has none"):
+        aevb.train(digits_cfg("pcvae", beta_y=1.0), None, quiet=True)
 
 
 def test_labelled_every_is_refused_for_a_model_without_labels():

@@ -63,6 +63,7 @@ class TrainConfig:
     samples: int = 1
     beta: float = 1.0
     beta_schedule: str = "constant"
+    beta_y: typing.Optional[float] = None  # M2: weight of KL(q(y|x) || p(y)) in the unlabelled bound; None: beta
     warmup_epochs: float = 5.0
     cycles: int = 4
     cycle_ratio: float = 0.5
@@ -106,7 +107,7 @@ POSITIVE_ITEMS = {"hidden", "conv_channels"}  # layer sizes: every item of the l
 POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs", "batch_size", "samples",
             "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
             "nan_retries", "labelled", "labelled_batch_size", "labelled_weight", "labelled_every"}
-NON_NEGATIVE = {"beta", "warmup_epochs", "alpha"}
+NON_NEGATIVE = {"beta", "beta_y", "warmup_epochs", "alpha"}
 AT_MOST_ONE = {"cycle_ratio": "(0, 1]", "labelled_weight": "(0, 1]"}  # fractions: upper bound inclusive
 BELOW_ONE = {"nan_lr_factor": "(0, 1)"}  # fractions: upper bound exclusive
 BINARIZE = ("none", "dynamic", "static")

@@ -105,7 +105,8 @@ def iwae_bound(model, x, samples: int = 1, beta: float = 1.0) -> ELBOTerms:
 
 
 def semi_supervised(model, x_u, x_l, y_l, estimator: str = "auto", samples: int = 1, beta: float = 1.0,
-                    alpha: float = 0.1, labelled_share: float = 1.0) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor | None]:
+                    alpha: float = 0.1, labelled_share: float = 1.0,
+                    beta_y: float | None = None) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor | None]:
     """The semi-supervised loss of Kingma et al. 2014 (eq. 9), J^α = Σ_l L(x,y) + Σ_u U(x)
     + α E_l[log q(y|x)] with α = 0.1·N, divided by the N training examples:
 
@@ -116,7 +117,7 @@ def semi_supervised(model, x_u, x_l, y_l, estimator: str = "auto", samples: int 
     unlabelled example alike, as the per-step loss of most M2 code does) over-samples the labelled
     examples.
     M2 has its bounds U and L; the PC-VAE the plain ELBO for both and its latent classifier as
-    q(y|x). Either batch may be None and its terms are dropped: ``x_u`` where every training
+    q(y|x); ``beta_y`` (M2 only) weighs the KL of y in U apart from β. Either batch may be None and its terms are dropped: ``x_u`` where every training
     example is labelled, and on the two kinds of step of an interleaved schedule (labelled_share 1
     with ``x_u`` None, 0 with ``x_l`` None). Returns the loss, the terms of the unlabelled batch (of
     the labelled one without it) and the mean of -log q(y|x) (None without a labelled batch)."""
@@ -126,7 +127,7 @@ def semi_supervised(model, x_u, x_l, y_l, estimator: str = "auto", samples: int 
         class_nll = -model.class_log_prob(x_l, y_l).mean()
         loss = alpha * class_nll - labelled_share * terms.objective.mean()
     if x_u is not None:
-        terms = model.elbo(x_u, estimator, samples, beta)
+        terms = model.elbo(x_u, estimator, samples, beta, **({} if beta_y is None else {"beta_y": beta_y}))
         loss = loss - (1 - labelled_share) * terms.objective.mean()
     return loss, terms, class_nll
 

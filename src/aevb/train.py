@@ -104,6 +104,8 @@ class Trainer:
             for flag, value in (("--labelled", cfg.data.labelled), ("--labelled-every", t.labelled_every)):
                 if value is not None:
                     raise ConfigError(f"{flag} applies to the semi-supervised models (m2, pcvae), not {cfg.model.model}")
+        if t.beta_y is not None and not hasattr(self.model, "class_log_joint"):
+            raise ConfigError(f"--beta-y weighs the KL of M2's class y; {cfg.model.model} has none (use --model m2)")
         self.steps = math.ceil(len(self.x_train) / t.batch_size)
 
     def _split_labelled(self, data: Dataset, t) -> None:
@@ -141,7 +143,7 @@ class Trainer:
 
     def _semi_supervised(self, x_u, x_l, y_l, beta: float, labelled_share: float):
         t = self.cfg.train
-        return semi_supervised(self.model, x_u, x_l, y_l, t.estimator, t.samples, beta, self.alpha, labelled_share)
+        return semi_supervised(self.model, x_u, x_l, y_l, t.estimator, t.samples, beta, self.alpha, labelled_share, t.beta_y)
 
     def _step(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         if not torch.isfinite(loss):

@@ -95,17 +95,19 @@ class M2(LatentModel):
         log_py = self.label_prior().log_prob(y)
         return ELBOTerms(t.elbo + log_py, t.log_px_z + log_py, t.kl, t.objective + log_py)
 
-    def elbo(self, x, estimator: str = "auto", samples: int = 1, beta: float = 1.0) -> ELBOTerms:
+    def elbo(self, x, estimator: str = "auto", samples: int = 1, beta: float = 1.0,
+             beta_y: float | None = None) -> ELBOTerms:
         """U(x) per datapoint, the K classes enumerated in one pass. Written as a reconstruction
         term minus the KL of the joint posterior q(y,z|x) from p(y,z):
         U = Σ_y q(y|x) E[log p(x|y,z)] - [Σ_y q(y|x) KL(q(z|x,y) ‖ p(z)) + KL(q(y|x) ‖ p(y))];
-        β weights both KL terms in the objective."""
+        in the objective β weights the KL of z and ``beta_y`` (default β) the KL of y: β > β_y makes
+        information dearer in z than in y, pushing the class into y."""
         t = ESTIMATORS[estimator](_GivenClass(self, self.all_classes()), x, samples, beta)  # shape (K, N)
         q_y = self.classify(x)
         weights = q_y.probs.T
         kl_y = (weights * (q_y.logits.T - self.label_prior().logits.unsqueeze(-1))).sum(0)
         log_px_z, kl = (weights * t.log_px_z).sum(0), (weights * t.kl).sum(0) + kl_y
-        return ELBOTerms((weights * t.elbo).sum(0) - kl_y, log_px_z, kl, (weights * t.objective).sum(0) - beta * kl_y)
+        return ELBOTerms((weights * t.elbo).sum(0) - kl_y, log_px_z, kl, (weights * t.objective).sum(0) - (beta if beta_y is None else beta_y) * kl_y)
 
     def log_weights(self, x: torch.Tensor, samples: int) -> torch.Tensor:
         """Stratified importance weights of p(x) = Σ_y p(y) p(x|y): for each of the ``samples``
