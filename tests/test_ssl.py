@@ -150,10 +150,15 @@ def test_m2_class_joint_converges_to_the_exact_log_p_x_y(torch_seed, assert_with
     assert_within_se(estimate + se**2 / 2, log_px_y(x) - math.log(K), se, "M2 log p(x, y)")
 
 
+def float64_batches(seed: int, *sizes: int) -> list[torch.Tensor]:
+    """Uniform inputs in [0, 1]^D, one batch per size, drawn by ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(n, D, generator=g, dtype=torch.float64) for n in sizes]
+
+
 def test_semi_supervised_loss_is_its_three_terms():
     model = tiny_m2()
-    g = torch.Generator().manual_seed(5)
-    x_u, x_l = torch.rand(7, D, generator=g, dtype=torch.float64), torch.rand(3, D, generator=g, dtype=torch.float64)
+    x_u, x_l = float64_batches(5, 7, 3)
     y_l = torch.tensor([0, 1, 2])
     torch.manual_seed(1)
     loss, terms, nll = semi_supervised(model, x_u, x_l, y_l, "B", 1, 1.0, alpha=2.5, labelled_share=0.3)
@@ -167,8 +172,7 @@ def test_semi_supervised_loss_is_its_three_terms():
 def test_each_step_of_an_interleaved_schedule_drops_the_other_batch():
     """Pyro's schedule: an unlabelled step is -mean U alone, a labelled one α·CE - mean L alone."""
     model = tiny_m2()
-    g = torch.Generator().manual_seed(6)
-    x_u, x_l = torch.rand(5, D, generator=g, dtype=torch.float64), torch.rand(3, D, generator=g, dtype=torch.float64)
+    x_u, x_l = float64_batches(6, 5, 3)
     y_l = torch.tensor([2, 0, 1])
     torch.manual_seed(2)
     unlabelled, terms, nll = semi_supervised(model, x_u, None, None, "B", 1, 1.0, alpha=3.0, labelled_share=0.0)

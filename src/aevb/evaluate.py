@@ -347,12 +347,13 @@ def class_metrics(model, x: torch.Tensor, y: torch.Tensor, samples: int = 50, ba
     unlabelled bound, taught it: the generative class y is not the label."""
     from .models import predict
 
-    out = {"classifier_accuracy": (predict(model, x).cpu() == y.cpu()).double().mean().item()}
+    y, predicted = y.cpu(), predict(model, x).cpu()
+    out = {"classifier_accuracy": (predicted == y).double().mean().item()}
     if hasattr(model, "class_log_joint"):
         joint = torch.cat([model.class_log_joint(x[i:i + batch_size], samples).argmax(-1)
                            for i in range(0, len(x), batch_size)]).cpu()
-        out |= {"generative_accuracy": (joint == y.cpu()).double().mean().item(),
-                "agreement": (joint == predict(model, x).cpu()).double().mean().item(), "samples": samples}
+        out |= {"generative_accuracy": (joint == y).double().mean().item(),
+                "agreement": (joint == predicted).double().mean().item(), "samples": samples}
     return out
 
 
@@ -366,6 +367,8 @@ def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
     log-likelihood at the largest k with its standard error, in nats per datapoint and bits/dim,
     the diagnostics (KL per dimension, active units, a collapse warning) and, for a
     semi-supervised model given the labels ``y``, its class metrics."""
+    from .models import is_semi_supervised
+
     started = time.perf_counter()
     result = {"n": len(x), "elbo_A": elbo_terms(model, x, "A", samples)}
     if model.has_analytic_kl():
@@ -381,8 +384,6 @@ def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
                                 "standard_error": (se.pow(2).sum().sqrt() / len(x)).item()}
     result["bits_per_dim"] = -result["log_likelihood"]["value"] / (math.prod(model.x_shape) * math.log(2))
     result["diagnostics"] = diagnostics(model, x)
-    from .models import is_semi_supervised
-
     if y is not None and is_semi_supervised(model):
         result["classes"] = class_metrics(model, x, y)
     result["decoder_pass"] = {"datapoints": batch, "samples": chunk, "max_memory": max_memory,

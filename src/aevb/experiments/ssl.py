@@ -16,8 +16,9 @@ Every generative model is an ``aevb.models`` entry trained by ``aevb.train`` int
 directory under ``OUT/runs``; a finished run is reused and an interrupted one resumed, and each
 accuracy is appended to ``OUT/results.jsonl`` as it is known, so a stopped experiment picks up
 where it was. Runs and accuracies carry a digest of the settings of the models they depend on
-(``ROW_MODELS``), so a change to one model in ``MODEL_SETTINGS`` recomputes only its rows. The table goes to ``OUT/table.md`` and ``OUT/table.csv``: mean ± the half-width of
-the 95% Student-t interval over seeds.
+(``ROW_MODELS``), so a change to one model in ``MODEL_SETTINGS`` recomputes only its rows. The
+table goes to ``OUT/table.md`` and ``OUT/table.csv``: mean ± the half-width of the 95% Student-t
+interval over seeds.
 """
 from __future__ import annotations
 
@@ -51,10 +52,10 @@ ROWS = {  # key: what the row is
     "m1+m2": "M1+M2: M2 on M1 latent means",
 }
 CLASSIFIERS = {"logistic": "logistic regression", "svm": "SVM"}  # rows (a), (c), (d), (e): scikit-learn on features
-M1_DRAWS = 10
+M1_DRAWS = 10  # posterior samples per labelled image as M1's training features (Kingma et al. 2014, section 3.1)
 ROW_MODELS = {"a": (), "b": ("vae",), "c": ("vae",), "d": ("m1",), "e": ("pcvae",), "m2": ("m2",),
               "m1+m2": ("m1", "m1+m2")}  # the models whose settings each row's accuracy depends on
-RUN_MODELS = {"m1+m2": ("m1", "m1+m2")}  # a run trained on another model's features depends on both  # posterior samples per labelled image as M1's training features (Kingma et al. 2014, section 3.1)
+RUN_MODELS = {"m1+m2": ROW_MODELS["m1+m2"]}  # a run trained on another model's features depends on both
 
 # The models, as overrides of the default Config (the pytorch-examples VAE). M1 and M2 follow
 # Kingma et al. 2014: M1 two softplus layers of 600 and 50 latent dimensions, M2 one softplus
