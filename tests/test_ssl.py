@@ -18,7 +18,7 @@ from aevb.config import Config, ModelConfig
 from aevb.data import balanced_labels
 from aevb.errors import ConfigError
 from aevb.evaluate import importance_sampled
-from aevb.experiments.ssl import ROWS, Experiment, Settings, feature_accuracy, mean_ci
+from aevb.experiments.ssl import ROWS, Experiment, Settings, active_features, feature_accuracy, mean_ci
 from aevb.models import build_model, predict
 from aevb.models.m2 import _GivenClass
 from aevb.objectives import log_weights, semi_supervised
@@ -341,3 +341,19 @@ def test_the_svm_option_is_a_kernel_classifier():
     assert feature_accuracy(x, y, x_test, y_test, seed=0, classifier="svm") > 0.97
     exp = Experiment(Settings(classifier="svm"))
     assert exp.row_name("d") == "(d) M1: SVM on M1 latent samples" and exp.row_name("m2") == ROWS["m2"]
+
+
+def test_m1_features_are_the_active_dimensions_standardised_by_the_training_set():
+    """Columns of variance 4, 1e-3 (inactive: ≤ 0.01) and 0.25 keep the first and the last, each
+    shifted and scaled by the training mean and standard deviation (the test set by the same);
+    with no active column, all are kept."""
+    g = torch.Generator().manual_seed(0)
+    scale, shift = torch.tensor([2.0, 0.03, 0.5]), torch.tensor([1.0, -2.0, 3.0])
+    train, test = torch.randn(5000, 3, generator=g) * scale + shift, torch.randn(7, 3, generator=g) * scale + shift
+    f_train, f_test, active = active_features(train, test)
+    assert active == 2 and f_train.shape == (5000, 2) and f_test.shape == (7, 2)
+    assert torch.allclose(f_train.mean(0), torch.zeros(2), atol=1e-6) and torch.allclose(f_train.std(0), torch.ones(2), atol=1e-6)
+    kept = train[:, [0, 2]].double()
+    assert torch.allclose(f_test, ((test[:, [0, 2]] - kept.mean(0)) / kept.std(0)).float(), atol=1e-6)
+    f_train, _, active = active_features(train[:, [1]], test[:, [1]])  # collapsed: every dimension is kept
+    assert active == 0 and f_train.shape == (5000, 1) and torch.allclose(f_train.std(0), torch.ones(1), atol=1e-6)

@@ -127,7 +127,6 @@ class M2(LatentModel):
         """log q(y|x), the classification term of Kingma et al. 2014, eq. 9."""
         return self.classify(x).log_prob(y)
 
-
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """n draws z ~ p(z) with classes y (uniform draws where None) decoded to the mean of p(x|y,z)."""
