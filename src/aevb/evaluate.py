@@ -299,12 +299,17 @@ def posterior_means(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Ten
     return torch.cat([model.encode(x[i:i + batch_size]).mean for i in range(0, len(x), batch_size)])
 
 
+def activity_of(means: torch.Tensor) -> torch.Tensor:
+    """A_d = Cov_x(E_q[z_d|x]) from posterior means of shape (N, latent_dim): the variance over the
+    data of each (Burda et al. 2015, section 5.2), shape (latent_dim,), float64."""
+    means = means.double()
+    return means.var(0, unbiased=False) if len(means) > 1 else torch.zeros(means.shape[1], dtype=torch.float64)
+
+
 @torch.no_grad()
 def activity(model, x: torch.Tensor) -> torch.Tensor:
-    """A_d = Cov_x(E_q[z_d|x]), the variance over the data of each posterior mean (Burda et al. 2015,
-    section 5.2), shape (latent_dim,), float64."""
-    means = posterior_means(model, x).double()
-    return means.var(0, unbiased=False) if len(means) > 1 else torch.zeros(means.shape[1], dtype=torch.float64)
+    """A_d of ``model``'s posterior means of ``x`` (``activity_of``)."""
+    return activity_of(posterior_means(model, x))
 
 
 def active_units(model, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:

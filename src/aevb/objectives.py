@@ -117,9 +117,9 @@ def semi_supervised(model, x_u, x_l, y_l, estimator: str = "auto", samples: int 
     unlabelled example alike, as the per-step loss of most M2 code does) over-samples the labelled
     examples.
     M2 has its bounds U and L; the PC-VAE the plain ELBO for both and its latent classifier as
-    q(y|x); ``beta_y`` (M2 only) weighs the KL of y in U apart from β. Either batch may be None and its terms are dropped: ``x_u`` where every training
-    example is labelled, and on the two kinds of step of an interleaved schedule (labelled_share 1
-    with ``x_u`` None, 0 with ``x_l`` None). Returns the loss, the terms of the unlabelled batch (of
+    q(y|x); ``beta_y`` (M2 only) weighs the KL of y in U apart from β. Either batch may be None and
+    its terms are dropped: ``x_u`` where every training example is labelled, and on the two kinds of
+    step of an interleaved schedule (labelled_share 1 with ``x_u`` None, 0 with ``x_l`` None). Returns the loss, the terms of the unlabelled batch (of
     the labelled one without it) and the mean of -log q(y|x) (None without a labelled batch)."""
     loss, terms, class_nll = 0.0, None, None
     if x_l is not None:

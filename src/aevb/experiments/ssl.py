@@ -41,7 +41,7 @@ from .. import nets, rundir
 from ..config import Config, DataConfig
 from ..data import Dataset, balanced_labels, load_dataset
 from ..errors import ConfigError
-from ..evaluate import ACTIVE_THRESHOLD
+from ..evaluate import ACTIVE_THRESHOLD, activity_of
 from ..models import predict
 from ..train import OPTIMIZERS, seed_everything, train
 
@@ -342,7 +342,7 @@ def active_features(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tens
     per-feature Gaussian likelihood (M2 on M1's features) would spend itself on modelling it. A
     collapsed posterior (no active dimension) keeps every one. Returns both and the active count."""
     train, test = train.double(), test.double()
-    active = train.var(0, unbiased=False) > ACTIVE_THRESHOLD
+    active = activity_of(train) > ACTIVE_THRESHOLD
     keep = active if active.any() else torch.ones_like(active)
     mean, std = train[:, keep].mean(0), train[:, keep].std(0).clamp_min(1e-12)
     f_train, f_test = (((z[:, keep] - mean) / std).float() for z in (train, test))
