@@ -43,7 +43,7 @@ def test_load_gives_a_working_model(mnist_run):
     assert model.decode(torch.zeros(3, 4)).mean.shape == (3, 1, 28, 28)
     assert model.sample(7).shape == (7, 1, 28, 28) and model.reconstruct(x).shape == x.shape
     assert model.embed(x).shape == (5, 4)
-    assert model.elbo(x, "B").elbo.shape == (5,)
+    assert model.elbo(x, aevb.Estimator("B")).elbo.shape == (5,)
 
 
 def test_evaluate_sample_reconstruct(mnist_run, capsys):

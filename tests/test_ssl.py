@@ -19,9 +19,10 @@ from aevb.data import balanced_labels
 from aevb.errors import ConfigError
 from aevb.evaluate import importance_sampled
 from aevb.experiments.ssl import ROWS, Experiment, Settings, active_features, feature_accuracy, mean_ci
-from aevb.models import build_model, predict
+from aevb.models import build_model
 from aevb.models.m2 import _GivenClass
-from aevb.objectives import log_weights, semi_supervised
+from aevb.algorithms.semi_supervised import semi_supervised_loss
+from aevb.objectives import Estimator, log_weights
 
 D, K, d = 5, 3, 2
 
@@ -55,7 +56,7 @@ def test_m2_labelled_bound_matches_a_hand_computed_value():
     x = torch.rand(4, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 2, 1, 2])
     torch.manual_seed(7)
-    got = model.labelled_elbo(x, y, "B").elbo
+    got = model.labelled_elbo(x, y, Estimator("B")).elbo
     torch.manual_seed(7)
     eps = torch.randn(1, 4, d, dtype=torch.float64)[0]
     torch.testing.assert_close(got, hand_bound(model, x, y, eps), rtol=1e-10, atol=1e-10)
@@ -66,17 +67,18 @@ def test_enumerated_unlabelled_bound_equals_the_explicit_sum_over_classes():
     n = 6
     x = torch.rand(n, D, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     torch.manual_seed(11)
-    terms = model.elbo(x, "B")
+    terms = model.elbo(x, Estimator("B"))
     torch.manual_seed(11)
     eps = torch.randn(1, K, n, d, dtype=torch.float64)[0]  # the enumerated pass draws (samples, K, N, d) at once
     q = F.softmax(model.classifier(x), -1)
     explicit = sum(q[:, k] * hand_bound(model, x, torch.full((n,), k), eps[k]) for k in range(K))
     explicit = explicit - (q * q.log()).sum(-1)  # + H(q(y|x))
     torch.testing.assert_close(terms.elbo, explicit, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(terms.elbo, terms.log_px_z - terms.kl, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(terms.elbo, terms.log_px_z - terms.kl - terms.kl_y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(terms.kl_y, (q * (q.log() + math.log(K))).sum(-1), rtol=1e-10, atol=1e-12)
     # and the same against the model's own labelled bound, class by class, in expectation order
     torch.manual_seed(11)
-    again = model.elbo(x, "B").elbo
+    again = model.elbo(x, Estimator("B")).elbo
     torch.testing.assert_close(again, terms.elbo)
 
 
@@ -84,8 +86,8 @@ def test_unlabelled_objective_weights_both_kls_by_beta():
     model = tiny_m2()
     x = torch.rand(5, D, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     torch.manual_seed(0)
-    t = model.elbo(x, "B", beta=0.3)
-    torch.testing.assert_close(t.objective, t.log_px_z - 0.3 * t.kl, rtol=1e-10, atol=1e-10)
+    t = model.elbo(x, Estimator("B", beta=0.3))
+    torch.testing.assert_close(t.objective, t.log_px_z - 0.3 * (t.kl + t.kl_y), rtol=1e-10, atol=1e-10)
 
 
 def test_beta_y_weighs_the_kl_of_the_class_apart():
@@ -95,13 +97,13 @@ def test_beta_y_weighs_the_kl_of_the_class_apart():
     q = model.classify(x).probs
     kl_y = (q * (q.log() + math.log(K))).sum(-1)
     torch.manual_seed(0)
-    t = model.elbo(x, "B", beta=2.0, beta_y=0.5)
-    kl_z = t.kl - kl_y  # t.kl is the KL of the joint q(y,z|x): Σ_y q KL_z + KL_y
-    torch.testing.assert_close(t.objective, t.log_px_z - 2.0 * kl_z - 0.5 * kl_y, rtol=1e-10, atol=1e-10)
+    t = model.elbo(x, Estimator("B", beta=2.0, beta_y=0.5))
+    torch.testing.assert_close(t.kl_y, kl_y, rtol=1e-10, atol=1e-12)  # t.kl is Σ_y q(y|x) KL_z, the KL of z alone
+    torch.testing.assert_close(t.objective, t.log_px_z - 2.0 * t.kl - 0.5 * kl_y, rtol=1e-10, atol=1e-10)
     torch.manual_seed(0)
-    same = model.elbo(x, "B", beta=2.0, beta_y=2.0).objective
+    same = model.elbo(x, Estimator("B", beta=2.0, beta_y=2.0)).objective
     torch.manual_seed(0)
-    torch.testing.assert_close(same, model.elbo(x, "B", beta=2.0).objective)
+    torch.testing.assert_close(same, model.elbo(x, Estimator("B", beta=2.0)).objective)
 
 
 def linear_gaussian_m2():
@@ -130,7 +132,7 @@ def test_m2_importance_sampling_converges_to_the_exact_log_likelihood(torch_seed
     exact = torch.logsumexp(log_px_y(x), -1) - math.log(K)
     log_p, se = importance_sampled(model, x, 4000)
     assert_within_se(log_p + se**2 / 2, exact, se, "M2 IS log-likelihood")
-    u = model.elbo(x, "B", samples=2000).elbo.detach()  # U(x) ≤ log p(x), up to its MC error (≈ 0.02 here)
+    u = model.elbo(x, Estimator("B", samples=2000)).elbo.detach()  # U(x) ≤ log p(x), up to its MC error (≈ 0.02 here)
     assert (u <= exact + 0.1).all() and (exact - u > 0.1).any()
 
 
@@ -161,10 +163,10 @@ def test_semi_supervised_loss_is_its_three_terms():
     x_u, x_l = float64_batches(5, 7, 3)
     y_l = torch.tensor([0, 1, 2])
     torch.manual_seed(1)
-    loss, terms, nll = semi_supervised(model, x_u, x_l, y_l, "B", 1, 1.0, alpha=2.5, labelled_share=0.3)
+    loss, terms, nll = semi_supervised_loss(model, x_u, x_l, y_l, Estimator("B"), alpha=2.5, labelled_share=0.3)
     torch.manual_seed(1)
-    expected = (-0.3 * model.labelled_elbo(x_l, y_l, "B").objective.mean() + 2.5 * -model.classify(x_l).log_prob(y_l).mean()
-                - 0.7 * model.elbo(x_u, "B").objective.mean())
+    expected = (-0.3 * model.labelled_elbo(x_l, y_l, Estimator("B")).objective.mean() + 2.5 * -model.classify(x_l).log_prob(y_l).mean()
+                - 0.7 * model.elbo(x_u, Estimator("B")).objective.mean())
     torch.testing.assert_close(loss, expected)
     assert terms.elbo.shape == (7,) and nll > 0
 
@@ -175,14 +177,14 @@ def test_each_step_of_an_interleaved_schedule_drops_the_other_batch():
     x_u, x_l = float64_batches(6, 5, 3)
     y_l = torch.tensor([2, 0, 1])
     torch.manual_seed(2)
-    unlabelled, terms, nll = semi_supervised(model, x_u, None, None, "B", 1, 1.0, alpha=3.0, labelled_share=0.0)
+    unlabelled, terms, nll = semi_supervised_loss(model, x_u, None, None, Estimator("B"), alpha=3.0, labelled_share=0.0)
     torch.manual_seed(2)
-    torch.testing.assert_close(unlabelled, -model.elbo(x_u, "B").objective.mean())
+    torch.testing.assert_close(unlabelled, -model.elbo(x_u, Estimator("B")).objective.mean())
     assert nll is None and terms.elbo.shape == (5,)
     torch.manual_seed(2)
-    labelled, terms, nll = semi_supervised(model, None, x_l, y_l, "B", 1, 1.0, alpha=3.0, labelled_share=1.0)
+    labelled, terms, nll = semi_supervised_loss(model, None, x_l, y_l, Estimator("B"), alpha=3.0, labelled_share=1.0)
     torch.manual_seed(2)
-    expected = -model.labelled_elbo(x_l, y_l, "B").objective.mean() - 3.0 * model.classify(x_l).log_prob(y_l).mean()
+    expected = -model.labelled_elbo(x_l, y_l, Estimator("B")).objective.mean() - 3.0 * model.classify(x_l).log_prob(y_l).mean()
     torch.testing.assert_close(labelled, expected)
     assert terms.elbo.shape == (3,)
 
@@ -226,7 +228,7 @@ def test_labelled_weight_sets_the_share_of_the_labelled_bound(weight):
     cfg = digits_cfg("m2", labelled_weight=weight)
     data = load_dataset(cfg.data)
     trainer = Trainer(cfg, data)
-    assert trainer.labelled_share == (50 / len(data.train_x) if weight is None else weight)
+    assert trainer.algorithm.labelled_share == (50 / len(data.train_x) if weight is None else weight)
 
 
 @pytest.mark.parametrize("n", [10, 30, 100])
@@ -267,7 +269,7 @@ def test_a_short_semi_supervised_run_learns_above_chance(tmp_path, model):
     assert "train_class_nll" in records[-1]
     m = aevb.load(run)
     x = torch.zeros(1, 64)
-    assert predict(m, x).shape == (1,)
+    assert m.predict(x).shape == (1,)
 
 
 def test_m2_runs_evaluate_and_report(tmp_path):

@@ -134,17 +134,13 @@ def cmd_reconstruct(args) -> None:
     print(f"wrote up to {args.n} test images beside their reconstructions to {path}")
 
 
-FIGURE_OPTIONS = {  # plot option -> the figures it applies to
-    "n": ("samples", "reconstructions", "manifold"), "seed": ("samples",),
-    "classes": ("interpolation",), "indices": ("interpolation",), "steps": ("interpolation",),
-}
+PLOT_OPTIONS = ("n", "seed", "classes", "indices", "steps")  # flags of 'aevb plot' that figures take (FigureSpec.options)
 
 
 def cmd_plot(args) -> None:
-    from .errors import DataError
     from .rundir import read_config
     from .viz import FIGURES
-    from .viz.figures import IMAGE_FIGURES, figures_for, is_image_data, subject
+    from .viz.figures import draw_figures
 
     run = Path(args.run)
     read_config(run)
@@ -153,25 +149,21 @@ def cmd_plot(args) -> None:
         FIGURES[name]  # an unknown name fails here, with a suggestion
     if args.out and len(names) != 1:
         raise ConfigError(f"--out names one PNG, but {len(names)} figures were asked for; leave it out and they go to {run}/NAME.png")
-    for option, applies in FIGURE_OPTIONS.items():
+    for option in PLOT_OPTIONS:
+        applies = [name for name in FIGURES if option in FIGURES[name].options]
         if getattr(args, option) is not None and not set(applies) & set(names):
             raise ConfigError(f"--{option} applies to the {' and '.join(applies)} figure{'s' if len(applies) > 1 else ''} only")
-    subj = subject(run, test_size=args.test_size)
-    names = args.figures or figures_for(subj.model)
-    for name in names:
-        if not args.figures and name in IMAGE_FIGURES and not is_image_data(subj.x_shape):
-            print(f"skipped {name}: the data of shape {subj.x_shape} are not images")
-            continue
-        kwargs = {k: getattr(args, k) for k, applies in FIGURE_OPTIONS.items()
-                  if name in applies and getattr(args, k) is not None}
-        try:
-            path = FIGURES[name](run if name == "curves" else subj, args.out, **kwargs)
-        except DataError as e:
-            if args.figures:
-                raise
-            print(f"skipped {name}: {e}")
-            continue
-        print(f"{name:<16}{path}")
+    options = {k: getattr(args, k) for k in PLOT_OPTIONS}
+    for name, path, reason in draw_figures(run, args.figures, args.out, test_size=args.test_size, **options):
+        print(f"{name:<16}{path}" if path else f"skipped {name}: {reason}")
+
+
+def figure_names() -> str:
+    """The registered figures with their one-line summaries, for 'aevb plot --help'."""
+    from .viz import FIGURES
+
+    return "Draw figures of a trained run into RUN/NAME.png (all that apply without FIGURE).\n\n" + "\n".join(
+        f"  {name:<16} {FIGURES[name].summary}" for name in FIGURES)
 
 
 def cmd_report(args) -> None:
@@ -284,21 +276,11 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="PNG path (default RUN/reconstructions.png)")
     p.set_defaults(func=cmd_reconstruct)
 
-    figures = "samples, reconstructions, curves, latent, manifold, interpolation, histograms, kl, analogies"
-    p = sub.add_parser("plot", help=f"figures of a run as PNG ({figures})", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description=f"""Draw figures of a trained run into RUN/NAME.png (all of them without FIGURE).
-
-  samples          draws from the prior, decoded
-  reconstructions  test images beside their reconstructions
-  curves           train and test ELBO against training samples seen, log x axis (Kingma & Welling Fig. 2)
-  latent           posterior means of test images, PCA to 2-D, coloured by label
-  manifold         decoded grid of prior quantiles (Kingma & Welling Fig. 4; principal directions beyond 2-D)
-  interpolation    linear and spherical paths between two test images (default the first 3 and 5)
-  histograms       each latent dimension's posterior means, stacked by class
-  kl               KL per latent dimension, active and inactive units
-  analogies        M2: each test image's style decoded with every class (Kingma et al. 2014 Fig. 1)""")
+    p = sub.add_parser("plot", help="figures of a run as PNG ('aevb plot --help' lists them)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.lazy_description = figure_names
     p.add_argument("run")
-    p.add_argument("figures", nargs="*", metavar="FIGURE", help=f"any of: {figures} (default: all)")
+    p.add_argument("figures", nargs="*", metavar="FIGURE", help="figures listed above (default: all that apply)")
     p.add_argument("--out", help="PNG path, with one FIGURE (default RUN/FIGURE.png)")
     p.add_argument("--test-size", type=positive_int, help="draw from the first N test images only")
     p.add_argument("--n", type=positive_int, help="samples: images (64); reconstructions: pairs (32); manifold: grid side (20)")

@@ -54,6 +54,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
+    algorithm: typing.Optional[str] = None  # a registered training algorithm; None: the model's own (sgvb; semi-supervised for m2, pcvae)
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "adam"

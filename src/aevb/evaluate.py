@@ -3,170 +3,38 @@ importance-sampled log-likelihood with its Monte Carlo standard error, and the d
 posterior collapse (KL per latent dimension, active units).
 
 The k importance samples of many datapoints go through the decoder as one batched pass, chunked so
-that one pass stays under a memory budget; nothing loops over datapoints in Python. The budget is
-kept by measuring, not guessing: the peak memory of a small probe pass is measured once per model and
-data shape (three probe sizes give the bytes per sample, per datapoint and fixed), and the chunks are
-sized from that.
+that one pass stays under a memory budget (measured, not guessed: ``aevb.memory``); nothing loops
+over datapoints in Python.
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
-import os
-import sys
 import time
-import weakref
-from dataclasses import dataclass
 
 import torch
 from torch.distributions import (Distribution, Independent, MixtureSameFamily, MultivariateNormal, Normal,
                                  kl_divergence)
 
-from .objectives import bound, log_weights
-from .errors import ConfigError
+from .memory import DEFAULT_MAX_MEMORY, PassCost, chunk_sizes, pass_budget, pass_cost
+from .models import ClassLatent, Classifier, reported_terms
+from .objectives import Estimator
 
-DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes for one decoder pass
-# On the CPU a pass above this runs slower, not faster: its tensors exceed the allocator's mmap
-# threshold, so every pass maps fresh pages and faults them in (measured on the pytorch-examples VAE:
-# 120k samples/s at 16-64 MiB, 72k at 512 MiB with a third of the time in the kernel). GPUs keep freed
-# memory in PyTorch's caching allocator and get the whole budget.
-CPU_PASS_BYTES = 64 * 2**20
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2: a unit is active if Cov_x(E_q[z_d]) > 10^-2
 
 
 # ---------------------------------------------------------------------------------------------
-# the memory budget of one decoder pass
-
-
-@dataclass
-class PassCost:
-    """Bytes one importance-sampling pass needs: ``per_sample`` × (datapoints × samples)
-    + ``per_datapoint`` × datapoints + ``fixed``. ``measured`` is False where the device gave no
-    allocation record and the numbers are the conservative estimate of ``estimated_cost``."""
-
-    per_sample: float
-    per_datapoint: float
-    fixed: float
-    measured: bool
-
-    def bytes(self, batch: int, samples: int) -> float:
-        return self.per_sample * batch * samples + self.per_datapoint * batch + self.fixed
+# the importance-sampled log-likelihood
 
 
 def _pass(model, x: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoder pass of importance_sampled: log Σ w and log Σ w² over ``samples`` draws, per datapoint."""
-    lw = (model.log_weights(x, samples) if hasattr(model, "log_weights") else log_weights(model, x, samples)).double()
+    lw = model.log_weights(x, samples).double()
     return torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Send file descriptor 2 to the null device for a while: the profiler's C++ library logs a line at
-    every start and stop, and reads its log level only when torch is loaded."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no descriptor 2 to silence
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def peak_bytes(fn, device: torch.device) -> int | None:
-    """Peak bytes allocated on ``device`` while ``fn()`` runs, above what was allocated before; None
-    where this device keeps no record. CUDA: the caching allocator's peak statistics; CPU: the
-    allocation and free events of the autograd profiler, summed in time order."""
-    gc.collect()
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    if device.type != "cpu":
-        return None
-    try:
-        with _quiet_stderr(), torch.autograd.profiler.profile(profile_memory=True) as prof:
-            out = fn()  # noqa: F841  (held until the events are read, so its frees do not count)
-        events = sorted((e.start_ns(), e.nbytes()) for e in prof.kineto_results.events()
-                        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
-    except (AttributeError, RuntimeError):  # a torch without this record, or a profiler already running
-        return None
-    live = peak = 0
-    for _, n in events:
-        live += n
-        peak = max(peak, live)
-    return peak
-
-
-def estimated_cost(model) -> PassCost:
-    """A conservative guess where nothing can be measured: 8 decoder outputs per sample, 8 inputs per datapoint."""
-    out = 4 * math.prod(model.x_shape) * getattr(getattr(model, "likelihood", None), "n_heads", 1)
-    return PassCost(8 * out, 8 * 4 * math.prod(model.x_shape), 0, measured=False)
-
-
-_COSTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {(datapoint shape, dtype, device): PassCost}
-
-
-@torch.no_grad()
-def pass_cost(model, x: torch.Tensor, probe: int = 64) -> PassCost:
-    """Measure the memory of one pass at (1 datapoint, probe samples), (1, 2·probe) and (2, probe)
-    and solve for the bytes per sample, per datapoint and fixed. Allocation is deterministic, so
-    three probes pin the linear model down; a pass of a million samples costs what it predicts.
-    Remembered per model and datapoint shape (the weights' values do not change the memory)."""
-    key = (tuple(x.shape[1:]), x.dtype, str(x.device), probe)
-    try:
-        return _COSTS[model][key]
-    except (KeyError, TypeError):
-        pass
-    cost = _measure_cost(model, x, probe)
-    try:
-        _COSTS.setdefault(model, {})[key] = cost
-    except TypeError:  # a model that cannot be weakly referenced is measured every time
-        pass
-    return cost
-
-
-def _measure_cost(model, x: torch.Tensor, probe: int) -> PassCost:
-    model.eval()
-    x2 = x[:2] if len(x) >= 2 else x[:1].repeat(2, *[1] * (x.dim() - 1))
-    p11, p12, p21 = (peak_bytes(lambda: _pass(model, xp, s), x.device)
-                     for xp, s in ((x2[:1], probe), (x2[:1], 2 * probe), (x2, probe)))
-    if None in (p11, p12, p21) or p12 <= p11:
-        return estimated_cost(model)
-    per_sample = (p12 - p11) / probe
-    per_datapoint = max(0.0, p21 - p11 - per_sample * probe)
-    fixed = max(0.0, p11 - per_sample * probe - per_datapoint)
-    return PassCost(per_sample, per_datapoint, fixed, measured=True)
-
-
-def pass_budget(max_memory: int, device) -> int:
-    """The bytes one pass may use: max_memory, and on the CPU at most CPU_PASS_BYTES (faster there)."""
-    return min(max_memory, CPU_PASS_BYTES) if torch.device(device).type == "cpu" else max_memory
-
-
-def chunk_sizes(cost: PassCost, k: int, n: int, max_memory: int) -> tuple[int, int]:
-    """(datapoints per pass, samples per pass) with cost.bytes(datapoints, samples) ≤ max_memory:
-    all k samples of as many datapoints as fit, or, where one datapoint's k samples do not fit,
-    as many samples of one datapoint as fit."""
-    room = max_memory - cost.fixed
-    if room < cost.per_sample + cost.per_datapoint:
-        need = cost.per_sample + cost.per_datapoint + cost.fixed
-        raise ConfigError(f"--max-memory {max_memory / 2**20:.3g} MiB is below what one decoder pass of a single "
-                          f"sample needs ({need / 2**20:.3g} MiB); raise it")
-    batch = int(room // (cost.per_sample * k + cost.per_datapoint))
-    if batch >= 1:
-        return min(batch, n), k
-    return 1, min(k, int((room - cost.per_datapoint) // cost.per_sample))
+def sampling_cost(model, x: torch.Tensor) -> PassCost:
+    """The memory of one importance-sampling pass of ``model`` on datapoints like ``x``, measured once."""
+    return pass_cost(model, x, _pass)
 
 
 @torch.no_grad()
@@ -178,12 +46,12 @@ def importance_sampled(model, x: torch.Tensor, k: int, max_memory: int = DEFAULT
     Streams over chunks of samples with running log-sum-exps of w and w², so memory does not grow
     with k; one pass (datapoints × samples through the decoder) stays within ``max_memory`` bytes
     (and within CPU_PASS_BYTES on the CPU, where larger passes are slower).
-    ``cost`` is ``pass_cost(model, x)``, measured here when not given; ``progress`` shows a bar.
+    ``cost`` is ``sampling_cost(model, x)``, measured here when not given; ``progress`` shows a bar.
     """
     from tqdm.auto import tqdm
 
     model.eval()
-    cost = cost or pass_cost(model, x)
+    cost = cost or sampling_cost(model, x)
     batch, chunk = chunk_sizes(cost, k, len(x), pass_budget(max_memory, x.device))
     log_p, se = [], []
     bar = tqdm(total=len(x), desc=f"importance sampling, k={k}", unit="datapoint", disable=not progress,
@@ -209,15 +77,16 @@ def importance_sampled(model, x: torch.Tensor, k: int, max_memory: int = DEFAULT
 
 
 @torch.no_grad()
-def elbo_terms(model, x: torch.Tensor, estimator: str, samples: int = 1, batch_size: int = 1000) -> dict[str, float]:
-    """Means over x of the ELBO, its reconstruction term and its KL under one registered estimator."""
+def elbo_terms(model, x: torch.Tensor, estimator: Estimator, batch_size: int = 1000) -> dict[str, float]:
+    """Means over x of the bound's terms under ``estimator``: the ELBO, its reconstruction term, its
+    KL, and the KL of the class where the model has a latent class (``reported_terms``)."""
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=x.device)
+    names = reported_terms(model)
+    sums = torch.zeros(len(names), dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch_size):
-        t = bound(model, x[i:i + batch_size], estimator, samples)
-        sums += torch.stack([t.elbo.sum(), t.log_px_z.sum(), t.kl.sum()]).double()
-    elbo, rec, kl = (sums / len(x)).tolist()
-    return {"elbo": elbo, "log_px_z": rec, "kl": kl}
+        t = model.elbo(x[i:i + batch_size], estimator)
+        sums += torch.stack([getattr(t, name).sum() for name in names]).double()
+    return dict(zip(names, (sums / len(x)).tolist()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,9 +163,7 @@ def kl_per_dimension(model, x: torch.Tensor, method: str = "auto", samples: int 
 def posterior_means(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """E_q[z|x], shape (N, latent_dim)."""
     model.eval()
-    if hasattr(model, "embed"):
-        return model.embed(x, batch_size)
-    return torch.cat([model.encode(x[i:i + batch_size]).mean for i in range(0, len(x), batch_size)])
+    return model.embed(x, batch_size)
 
 
 def activity_of(means: torch.Tensor) -> torch.Tensor:
@@ -350,11 +217,9 @@ def class_metrics(model, x: torch.Tensor, y: torch.Tensor, samples: int = 50, ba
     generative model gives x (importance-sampled, ``samples`` draws per class), with the agreement
     of the two. A classifier far better than its generative model says the labels, not the
     unlabelled bound, taught it: the generative class y is not the label."""
-    from .models import predict
-
-    y, predicted = y.cpu(), predict(model, x).cpu()
+    y, predicted = y.cpu(), model.predict(x).cpu()
     out = {"classifier_accuracy": (predicted == y).double().mean().item()}
-    if hasattr(model, "class_log_joint"):
+    if isinstance(model, ClassLatent):
         joint = torch.cat([model.class_log_joint(x[i:i + batch_size], samples).argmax(-1)
                            for i in range(0, len(x), batch_size)]).cpu()
         out |= {"generative_accuracy": (joint == y).double().mean().item(),
@@ -372,13 +237,11 @@ def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
     log-likelihood at the largest k with its standard error, in nats per datapoint and bits/dim,
     the diagnostics (KL per dimension, active units, a collapse warning) and, for a
     semi-supervised model given the labels ``y``, its class metrics."""
-    from .models import is_semi_supervised
-
     started = time.perf_counter()
-    result = {"n": len(x), "elbo_A": elbo_terms(model, x, "A", samples)}
+    result = {"n": len(x), "elbo_A": elbo_terms(model, x, Estimator("A", samples))}
     if model.has_analytic_kl():
-        result["elbo_B"] = elbo_terms(model, x, "B", samples)
-    cost = pass_cost(model, x)
+        result["elbo_B"] = elbo_terms(model, x, Estimator("B", samples))
+    cost = sampling_cost(model, x)
     result["iwae"] = {}
     for k in sorted(ks):
         log_p, se = importance_sampled(model, x, k, max_memory, cost, progress)
@@ -389,7 +252,7 @@ def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
                                 "standard_error": (se.pow(2).sum().sqrt() / len(x)).item()}
     result["bits_per_dim"] = -result["log_likelihood"]["value"] / (math.prod(model.x_shape) * math.log(2))
     result["diagnostics"] = diagnostics(model, x)
-    if y is not None and is_semi_supervised(model):
+    if y is not None and isinstance(model, Classifier):
         result["classes"] = class_metrics(model, x, y)
     result["decoder_pass"] = {"datapoints": batch, "samples": chunk, "max_memory": max_memory,
                               "bytes": cost.bytes(batch, chunk), "measured": cost.measured}
@@ -404,6 +267,8 @@ def format_evaluation(r: dict) -> str:
         rows.append(("ELBO (estimator B)", r["elbo_B"]["elbo"]))
     key = "elbo_B" if "elbo_B" in r else "elbo_A"
     rows += [("  reconstruction E[log p(x|z)]", r[key]["log_px_z"]), ("  KL(q(z|x) || p(z))", r[key]["kl"])]
+    if "kl_y" in r[key]:
+        rows.append(("  KL(q(y|x) || p(y))", r[key]["kl_y"]))
     rows += [(f"IWAE bound, k={k}", v) for k, v in r["iwae"].items()]
     ll = r["log_likelihood"]
     lines = [f"test set: {r['n']} datapoints, nats per datapoint"] + [f"{name:<34}{v:>12.3f}" for name, v in rows]

@@ -1,9 +1,11 @@
 """Per-datapoint estimators of the ELBO and its relatives, in nats (higher is better).
 
-Each takes a model (with ``encode``, ``decode``, ``prior``) and a batch x of shape (N, *x_shape)
-and returns ``ELBOTerms`` of shape (N,). Training minimises ``-objective.mean()``: the
-per-datapoint mean of the minibatch estimator N/M Σ_i L(x_i) (Kingma & Welling 2013, eq. 8)
-divided by N, so learning rates do not depend on the dataset size.
+Each takes a model (anything with ``encode``, ``decode``, ``prior``) and a batch x of shape
+(N, *x_shape) and returns ``ELBOTerms`` of shape (N,). An ``Estimator`` names one of them with its
+number of samples and β: it is the one value in which these travel from the config to a model's
+``elbo``. Training minimises ``-objective.mean()``: the per-datapoint mean of the minibatch
+estimator N/M Σ_i L(x_i) (Kingma & Welling 2013, eq. 8) divided by N, so learning rates do not
+depend on the dataset size.
 """
 from __future__ import annotations
 
@@ -21,13 +23,50 @@ SCHEDULES: Registry = Registry("beta schedule")
 
 @dataclass
 class ELBOTerms:
-    """elbo = log_px_z - kl (the unweighted bound); objective is what training maximises
-    (the β-weighted bound, or the IWAE bound)."""
+    """Per-datapoint terms of a bound, each of shape (N,), in nats; the same meaning for every model
+    and estimator:
+
+    elbo       the bound on log p(x) (log p(x, y) for labelled data) that the estimator estimates,
+               unweighted (β = 1): the ELBO for estimators A and B, the k-sample bound for iwae
+    log_px_z   the reconstruction term E_q[log p(x|z)] (with M2, E_q[log p(x|y,z)])
+    kl         KL(q(z|x) ‖ p(z)) of the continuous latent z: closed form under B, Monte Carlo otherwise
+    kl_y       KL(q(y|x) ‖ p(y)) of a discrete latent class y; -log p(y) for an observed y (q is then
+               a point mass); zero for a model without one
+    objective  what training maximises: the bound with each KL weighted by its β (the iwae bound
+               with β on log p(z) - log q(z|x))
+
+    For A and B, elbo = log_px_z - kl - kl_y; for iwae, elbo ≥ that in expectation."""
 
     elbo: torch.Tensor
     log_px_z: torch.Tensor
     kl: torch.Tensor
     objective: torch.Tensor
+    kl_y: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.kl_y is None:
+            self.kl_y = torch.zeros_like(self.elbo)
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered estimator (``name``: A, B, auto, iwae) with its ``samples`` (L, or k for iwae)
+    and the weight β of the KL of z in the objective; ``beta_y`` weighs the KL of a latent class
+    (M2's y) apart from β, None: β. ``estimator(model, x)`` applies it to a model's encode, decode
+    and prior; a model's ``elbo(x, estimator)`` is where a model with more latents combines it."""
+
+    name: str = "auto"
+    samples: int = 1
+    beta: float = 1.0
+    beta_y: float | None = None
+
+    def __call__(self, model, x: torch.Tensor) -> "ELBOTerms":
+        return ESTIMATORS[self.name](model, x, self.samples, self.beta)
+
+    @property
+    def class_beta(self) -> float:
+        """The weight of the KL of a latent class: ``beta_y``, or β where unset."""
+        return self.beta if self.beta_y is None else self.beta_y
 
 
 def _sample(model, x, samples):
@@ -72,14 +111,6 @@ def sgvb_auto(model, x, samples: int = 1, beta: float = 1.0) -> ELBOTerms:
     return (sgvb_b if model.has_analytic_kl() else sgvb_a)(model, x, samples, beta)
 
 
-def bound(model, x, estimator: str = "auto", samples: int = 1, beta: float = 1.0) -> ELBOTerms:
-    """The model's own bound where it defines one (M2 sums over its classes), else the registered
-    estimator applied to its encode, decode and prior."""
-    if hasattr(model, "elbo"):
-        return model.elbo(x, estimator, samples, beta)
-    return ESTIMATORS[estimator](model, x, samples, beta)
-
-
 def log_weights(model, x, samples: int, beta: float = 1.0) -> torch.Tensor:
     """log w_k = log p(x|z_k) + β(log p(z_k) - log q(z_k|x)), z_k ~ q(z|x); shape (samples, N)."""
     log_px_z, log_ratio = _log_weight_terms(model, x, samples)
@@ -96,40 +127,12 @@ def _log_weight_terms(model, x, samples):
 def iwae_bound(model, x, samples: int = 1, beta: float = 1.0) -> ELBOTerms:
     """The importance-weighted bound (Burda et al. 2015, eq. 8):
     log 1/k Σ_k p(x, z_k)/q(z_k|x) ≤ log p(x), rising with k; k = 1 is estimator A.
-    The objective weights log p(z_k) - log q(z_k|x) by β; ``elbo`` is the unweighted bound."""
+    The objective weights log p(z_k) - log q(z_k|x) by β; ``elbo`` is the unweighted bound, and
+    ``log_px_z`` and ``kl`` are estimator A's terms from the same k samples."""
     log_px_z, log_ratio = _log_weight_terms(model, x, samples)
-    bound = lambda b: torch.logsumexp(log_px_z + b * log_ratio, 0) - math.log(samples)
+    bound = lambda b: torch.logsumexp(log_px_z + b * log_ratio, 0) - math.log(samples)  # noqa: E731
     elbo = bound(1.0)
-    nan = torch.full_like(elbo, float("nan"))
-    return ELBOTerms(elbo, nan, nan, elbo if beta == 1.0 else bound(beta))
-
-
-def semi_supervised(model, x_u, x_l, y_l, estimator: str = "auto", samples: int = 1, beta: float = 1.0,
-                    alpha: float = 0.1, labelled_share: float = 1.0,
-                    beta_y: float | None = None) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor | None]:
-    """The semi-supervised loss of Kingma et al. 2014 (eq. 9), J^α = Σ_l L(x,y) + Σ_u U(x)
-    + α E_l[log q(y|x)] with α = 0.1·N, divided by the N training examples:
-
-        -(N_l/N) mean_l L(x,y) - (N_u/N) mean_u U(x) + 0.1 · mean_l[-log q(y|x)]
-
-    ``labelled_share`` is N_l/N and ``alpha`` the per-datapoint weight α/N (0.1 in the paper).
-    A larger ``labelled_share`` (the trainer's ``labelled_weight``; 0.5 weighs a labelled and an
-    unlabelled example alike, as the per-step loss of most M2 code does) over-samples the labelled
-    examples.
-    M2 has its bounds U and L; the PC-VAE the plain ELBO for both and its latent classifier as
-    q(y|x); ``beta_y`` (M2 only) weighs the KL of y in U apart from β. Either batch may be None and
-    its terms are dropped: ``x_u`` where every training example is labelled, and on the two kinds of
-    step of an interleaved schedule (labelled_share 1 with ``x_u`` None, 0 with ``x_l`` None). Returns the loss, the terms of the unlabelled batch (of
-    the labelled one without it) and the mean of -log q(y|x) (None without a labelled batch)."""
-    loss, terms, class_nll = 0.0, None, None
-    if x_l is not None:
-        terms = model.labelled_elbo(x_l, y_l, estimator, samples, beta)
-        class_nll = -model.class_log_prob(x_l, y_l).mean()
-        loss = alpha * class_nll - labelled_share * terms.objective.mean()
-    if x_u is not None:
-        terms = model.elbo(x_u, estimator, samples, beta, **({} if beta_y is None else {"beta_y": beta_y}))
-        loss = loss - (1 - labelled_share) * terms.objective.mean()
-    return loss, terms, class_nll
+    return ELBOTerms(elbo, log_px_z.mean(0), -log_ratio.mean(0), elbo if beta == 1.0 else bound(beta))
 
 
 def score_function_surrogate(log_q: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

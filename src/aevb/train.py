@@ -1,5 +1,6 @@
-"""The one training loop, for every model: data lives in one tensor on the device, batches are
-index slices of a random permutation, metrics are accumulated on the device and read once per epoch."""
+"""The one training loop, for every model and algorithm: data lives in one tensor on the device,
+batches are index slices of a random permutation, metrics are accumulated on the device and read
+once per epoch. What one step does belongs to the training algorithm (``aevb.algorithms``)."""
 from __future__ import annotations
 
 import copy
@@ -18,14 +19,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import rundir
+from .algorithms import ALGORITHMS, default_algorithm
 from .config import Config
-from .data import Dataset, balanced_labels, load_dataset
+from .data import Dataset, load_dataset
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
-from .evaluate import elbo_terms
 from .errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
-from .models import MODELS, build_model, is_semi_supervised, predict
+from .models import MODELS, build_model
 from .nets import ACTIVATIONS, NETS
-from .objectives import ESTIMATORS, SCHEDULES, ELBOTerms, semi_supervised
+from .objectives import ESTIMATORS, SCHEDULES
 from .registry import Registry
 
 OPTIMIZERS: Registry = Registry("optimizer")
@@ -53,6 +54,8 @@ def check_names(cfg: Config) -> None:
                            (PRIORS, m.prior), (LIKELIHOODS, m.likelihood), (OPTIMIZERS, t.optimizer),
                            (ESTIMATORS, t.estimator), (SCHEDULES, t.beta_schedule)):
         registry[name]
+    if t.algorithm is not None:
+        ALGORITHMS[t.algorithm]
     if not cfg.data.dataset.startswith("npz:"):
         from .data import DATASETS
         DATASETS[cfg.data.dataset]
@@ -83,120 +86,49 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """One model, its optimizer and its data on the device; ``epoch(n)`` runs one pass and returns
-    the training metrics of that pass."""
+    """One model, its optimizer, its training algorithm and the data on the device; ``epoch(n)``
+    runs one pass and returns the training metrics of that pass. What a step does is the
+    algorithm's (``cfg.train.algorithm``, by default the model's own: see ``aevb.algorithms``)."""
 
     def __init__(self, cfg: Config, data: Dataset):
         t = cfg.train
         self.cfg, self.data = cfg, data
         self.device = resolve_device(t.device)
         self.model = build_model(cfg.model, data.x_shape, data.n_classes)
-        self.model.likelihood.check_support(data.train_x, "the training data")
-        self.model.likelihood.check_support(data.test_x, "the test data")
+        self.model.check_support(data.train_x, "the training data")
+        self.model.check_support(data.test_x, "the test data")
         self.model.to(self.device)
         self.optimizer = OPTIMIZERS[t.optimizer](self.model.parameters(), lr=t.lr)
-        self.x_train, self.x_test = data.train_x.to(self.device), data.test_x.to(self.device)
-        self.estimator, self.schedule = ESTIMATORS[t.estimator], SCHEDULES[t.beta_schedule]
-        self.semi_supervised = is_semi_supervised(self.model)
-        if self.semi_supervised:
-            self._split_labelled(data, t)
-        else:
-            for flag, value in (("--labelled", cfg.data.labelled), ("--labelled-every", t.labelled_every)):
-                if value is not None:
-                    raise ConfigError(f"{flag} applies to the semi-supervised models (m2, pcvae), not {cfg.model.model}")
-        if t.beta_y is not None and not hasattr(self.model, "class_log_joint"):
-            raise ConfigError(f"--beta-y weighs the KL of M2's class y; {cfg.model.model} has none (use --model m2)")
-        self.steps = math.ceil(len(self.x_train) / t.batch_size)
-
-    def _split_labelled(self, data: Dataset, t) -> None:
-        """The balanced labelled set (chosen by the seed) and the unlabelled rest, which an epoch
-        passes over; where every example is labelled, an epoch passes over the labelled set.
-        With ``labelled_every`` K, a labelled batch gets a step of its own before every K-th
-        unlabelled one, as Pyro's SS-VAE does (K ≈ N_u / N_l batches), instead of joining every step."""
-        labelled = balanced_labels(data.train_y, self.cfg.data.labelled, t.seed)
-        unlabelled = torch.ones(len(data.train_x), dtype=torch.bool)
-        unlabelled[labelled] = False
-        self.x_labelled = data.train_x[labelled].to(self.device)
-        self.y_labelled = data.train_y[labelled].to(self.device)
-        self.has_unlabelled = bool(unlabelled.any())
-        self.x_train = data.train_x[unlabelled].to(self.device) if self.has_unlabelled else self.x_labelled
-        self.alpha = self.model.default_alpha if t.alpha is None else t.alpha
-        self.labelled_share = len(labelled) / len(data.train_x) if t.labelled_weight is None else t.labelled_weight
-        self.labelled_batch = min(t.labelled_batch_size or t.batch_size, len(labelled))
-        self.labelled_every = t.labelled_every if self.has_unlabelled else None
-
-    def _loss(self, x: torch.Tensor, idx: torch.Tensor, beta: float) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor | None]:
-        """The loss of one step, the ELBO terms to log and the classification NLL (None without labels)."""
-        t = self.cfg.train
-        if not self.semi_supervised:
-            terms = self.estimator(self.model, x, t.samples, beta)
-            return -terms.objective.mean(), terms, None
-        if not self.has_unlabelled:
-            return self._semi_supervised(None, x, self.y_labelled[idx], beta, self.labelled_share)
-        if self.labelled_every:
-            return self._semi_supervised(x, None, None, beta, 0.0)
-        return self._semi_supervised(x, *self._labelled_batch(), beta, self.labelled_share)
-
-    def _labelled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        pick = torch.randperm(len(self.x_labelled), device=self.device)[:self.labelled_batch]
-        return self.binarized(self.x_labelled[pick]), self.y_labelled[pick]
-
-    def _semi_supervised(self, x_u, x_l, y_l, beta: float, labelled_share: float):
-        t = self.cfg.train
-        return semi_supervised(self.model, x_u, x_l, y_l, t.estimator, t.samples, beta, self.alpha, labelled_share, t.beta_y)
-
-    def _step(self, loss: torch.Tensor, epoch: int, step: int) -> None:
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"the loss became {loss.item()} at epoch {epoch}, step {step + 1}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-
-    def binarized(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.bernoulli(x) if self.data.binarize == "dynamic" else x
+        t.algorithm = t.algorithm or default_algorithm(self.model)
+        self.algorithm = ALGORITHMS[t.algorithm](cfg, self.model, self.optimizer, data, self.device)
+        self.x_test = data.test_x.to(self.device)
+        self.y_test = None if data.test_y is None else data.test_y.to(self.device)
+        self.steps = math.ceil(self.algorithm.n / t.batch_size)
 
     def epoch(self, epoch: int, quiet: bool = True) -> dict[str, float]:
-        """One pass over the training data in random order (epochs count from 1)."""
-        t = self.cfg.train
-        n, bs = len(self.x_train), t.batch_size
+        """One pass over the algorithm's training examples in random order (epochs count from 1)."""
+        t, algorithm = self.cfg.train, self.algorithm
+        n, bs = algorithm.n, t.batch_size
         started = time.perf_counter()
-        sums = torch.zeros(3, device=self.device)
-        class_nll_sum, class_steps = torch.zeros((), device=self.device), 0
         perm = torch.randperm(n, device=self.device)
+        algorithm.begin_epoch()
         bar = tqdm(total=self.steps, desc=f"epoch {epoch}/{t.epochs}", disable=quiet, leave=False, mininterval=0.5)
         try:
             for step in range(self.steps):
-                idx = perm[step * bs:(step + 1) * bs]
-                x = self.binarized(self.x_train[idx])
-                beta = self.schedule(t.beta, epoch - 1 + step / self.steps, t.epochs, t.warmup_epochs, t.cycles, t.cycle_ratio)
-                if self.semi_supervised and self.labelled_every and step % self.labelled_every == 0:
-                    loss, _, class_nll = self._semi_supervised(None, *self._labelled_batch(), beta, 1.0)
-                    self._step(loss, epoch, step)
-                else:
-                    class_nll = None
-                loss, terms, step_nll = self._loss(x, idx, beta)
-                self._step(loss, epoch, step)
-                sums += torch.stack([terms.elbo.sum(), terms.log_px_z.sum(), terms.kl.sum()]).detach()
-                for nll in (class_nll, step_nll):
-                    if nll is not None:
-                        class_nll_sum, class_steps = class_nll_sum + nll.detach(), class_steps + 1
+                try:
+                    algorithm.step(perm[step * bs:(step + 1) * bs], step, epoch - 1 + step / self.steps)
+                except TrainingDiverged as e:
+                    raise TrainingDiverged(f"{e} at epoch {epoch}, step {step + 1}") from None
                 bar.update()
         finally:
             bar.close()
         seconds = time.perf_counter() - started
-        elbo, log_px_z, kl = (sums / n).tolist()
-        record = {"epoch": epoch, "samples_seen": epoch * n, "beta": beta, "train_elbo": elbo,
-                  "train_log_px_z": log_px_z, "train_kl": kl, "seconds": seconds, "samples_per_sec": n / seconds}
-        return record | ({"train_class_nll": class_nll_sum.item() / max(class_steps, 1)} if self.semi_supervised else {})
+        return {"epoch": epoch, "samples_seen": epoch * n, **algorithm.end_epoch(), "seconds": seconds,
+                "samples_per_sec": n / seconds}
 
     def test(self) -> dict[str, float]:
-        """Mean test ELBO terms under the training estimator."""
-        t = self.cfg.train
-        terms = elbo_terms(self.model, self.x_test, t.estimator, t.samples, t.eval_batch_size)
-        out = {f"test_{k}": v for k, v in terms.items()}
-        if self.semi_supervised and self.data.test_y is not None:
-            y = self.data.test_y.to(self.device)
-            out["test_accuracy"] = (predict(self.model, self.x_test, t.eval_batch_size) == y).float().mean().item()
+        """The algorithm's test metrics (the mean test ELBO terms under the training estimator, ...)."""
+        out = self.algorithm.test(self.x_test, self.y_test)
         self.model.train()
         return out
 

@@ -38,11 +38,10 @@ import torch
 from scipy import stats
 
 from .. import nets, rundir
-from ..config import Config, DataConfig
+from ..config import Config, DataConfig, set_key
 from ..data import Dataset, balanced_labels, load_dataset
 from ..errors import ConfigError
 from ..evaluate import ACTIVE_THRESHOLD, activity_of
-from ..models import predict
 from ..train import OPTIMIZERS, seed_everything, train
 
 ROWS = {  # key: what the row is
@@ -149,8 +148,7 @@ class Experiment:
         cfg = Config()
         cfg.data = DataConfig(dataset=dataset) if dataset else self.data_config(labels)  # features: split already
         for key, value in dict(self.model_settings(name), net=self.s.net, seed=seed).items():
-            section = "train" if hasattr(cfg.train, key) else "model"
-            setattr(getattr(cfg, section), key, value)
+            set_key(cfg, key, value)
         supervised = cfg.model.model != "vae"
         if supervised and labels != "all":
             cfg.data.labelled = labels
@@ -207,13 +205,13 @@ class Experiment:
         return self.row_c(data, x_l, y_l, labels, seed, name="pcvae")
 
     def row_m2(self, data, x_l, y_l, labels, seed):
-        return accuracy(predict(self.load("m2", labels, seed), data.test_x), data.test_y)
+        return accuracy(self.load("m2", labels, seed).predict(data.test_x), data.test_y)
 
     def row_m1_m2(self, data, x_l, y_l, labels, seed):
         dataset = f"npz:{self.m1_features(labels, seed).resolve()}"
         features = load_dataset(DataConfig(dataset=dataset))
         model = self.load("m1+m2", labels, seed, data=features, dataset=dataset)
-        return accuracy(predict(model, features.test_x), data.test_y)
+        return accuracy(model.predict(features.test_x), data.test_y)
 
     def m1_features(self, labels, seed: int) -> Path:
         """M1's features of every train and test image (``active_features`` of its posterior means),
@@ -320,19 +318,14 @@ class Experiment:
 
     def figures(self) -> None:
         """The figures of each generative model of seed 1 (first label setting) into OUT/figures."""
-        from ..viz import FIGURES
-        from ..viz.figures import subject
-        from ..errors import DataError
+        from ..viz.figures import FIGURES, subject
 
         labels = self.s.labels[0]
         for name in ("vae", "m1", "pcvae", "m2"):
-            run = self.run(name, labels, 1)
-            subj = subject(run, test_size=2000)
+            subj = subject(self.run(name, labels, 1), test_size=2000)
             for fig in ("samples", "latent", "reconstructions", "analogies"):
-                try:
+                if FIGURES[fig].reason_not(subj.model) is None:  # analogies needs M2; images need image data
                     FIGURES[fig](subj, self.out / "figures" / f"{name}-{fig}.png")
-                except DataError:
-                    pass  # a figure that does not apply to this model (analogies needs M2)
 
 
 def active_features(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -22,9 +22,9 @@ from torch.distributions import Categorical, Distribution
 from .. import nets
 from ..distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from ..errors import DataError
-from ..objectives import ESTIMATORS, ELBOTerms, log_weights
+from ..objectives import ELBOTerms, Estimator, log_weights
 from . import MODELS
-from .vae import LatentModel
+from .base import ClassLatent, LatentModel
 
 
 class _GivenClass:
@@ -47,11 +47,10 @@ class _GivenClass:
         return self.model.has_analytic_kl()
 
 
-class M2(LatentModel):
+class M2(LatentModel, ClassLatent):
     """p(y) p(z) p(x|y,z), q(z|x,y), q(y|x); ``elbo(x)`` is U(x), ``labelled_elbo(x, y)`` is L(x,y),
     ``classify(x)`` is q(y|x)."""
 
-    semi_supervised = True
     default_alpha = 0.1  # Kingma et al. 2014: α = 0.1·N, i.e. 0.1 per datapoint
 
     def __init__(self, x_shape, n_classes, latent_dim, classifier, encoder, decoder, posterior, prior, likelihood):
@@ -81,33 +80,30 @@ class M2(LatentModel):
         y = self.classify(x).probs.argmax(-1) if y is None else y
         return self.posterior(self.encoder(x, self.one_hot(y)))
 
-    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Distribution:
+    def decode(self, z: torch.Tensor, c: torch.Tensor) -> Distribution:
         """p(x|y,z) for z of shape (..., d) and the one-hot class c broadcastable to (..., K)."""
-        if c is None:
-            raise DataError("M2 decodes z together with a class y, so this figure (which decodes z alone) does not "
-                            "apply; the 'analogies' figure shows M2's decoder")
         c = c.expand(*z.shape[:-1], self.n_classes)
         return self.likelihood(self.decoder(torch.cat([z, c], -1)))
 
-    def labelled_elbo(self, x, y, estimator: str = "auto", samples: int = 1, beta: float = 1.0) -> ELBOTerms:
-        """L(x,y) per datapoint; ``log_px_z`` holds log p(x|y,z) + log p(y), ``kl`` the KL of z."""
-        t = ESTIMATORS[estimator](_GivenClass(self, self.one_hot(y)), x, samples, beta)
+    def labelled_elbo(self, x, y, estimator: Estimator = Estimator()) -> ELBOTerms:
+        """L(x,y) per datapoint = E[log p(x|y,z)] - KL(q(z|x,y) ‖ p(z)) + log p(y): ``kl_y`` is
+        -log p(y), the KL of the point mass at the observed y from p(y), not weighted by β_y."""
+        t = estimator(_GivenClass(self, self.one_hot(y)), x)
         log_py = self.label_prior().log_prob(y)
-        return ELBOTerms(t.elbo + log_py, t.log_px_z + log_py, t.kl, t.objective + log_py)
+        return ELBOTerms(t.elbo + log_py, t.log_px_z, t.kl, t.objective + log_py, -log_py)
 
-    def elbo(self, x, estimator: str = "auto", samples: int = 1, beta: float = 1.0,
-             beta_y: float | None = None) -> ELBOTerms:
+    def elbo(self, x, estimator: Estimator = Estimator()) -> ELBOTerms:
         """U(x) per datapoint, the K classes enumerated in one pass. Written as a reconstruction
         term minus the KL of the joint posterior q(y,z|x) from p(y,z):
-        U = Σ_y q(y|x) E[log p(x|y,z)] - [Σ_y q(y|x) KL(q(z|x,y) ‖ p(z)) + KL(q(y|x) ‖ p(y))];
-        in the objective β weights the KL of z and ``beta_y`` (default β) the KL of y: β > β_y makes
-        information dearer in z than in y, pushing the class into y."""
-        t = ESTIMATORS[estimator](_GivenClass(self, self.all_classes()), x, samples, beta)  # shape (K, N)
+        U = Σ_y q(y|x) E[log p(x|y,z)] - Σ_y q(y|x) KL(q(z|x,y) ‖ p(z)) - KL(q(y|x) ‖ p(y));
+        in the objective β weights the KL of z and ``estimator.beta_y`` (default β) the KL of y:
+        β > β_y makes information dearer in z than in y, pushing the class into y."""
+        t = estimator(_GivenClass(self, self.all_classes()), x)  # shape (K, N)
         q_y = self.classify(x)
         weights = q_y.probs.T
         kl_y = (weights * (q_y.logits.T - self.label_prior().logits.unsqueeze(-1))).sum(0)
-        log_px_z, kl = (weights * t.log_px_z).sum(0), (weights * t.kl).sum(0) + kl_y
-        return ELBOTerms((weights * t.elbo).sum(0) - kl_y, log_px_z, kl, (weights * t.objective).sum(0) - (beta if beta_y is None else beta_y) * kl_y)
+        return ELBOTerms((weights * t.elbo).sum(0) - kl_y, (weights * t.log_px_z).sum(0), (weights * t.kl).sum(0),
+                         (weights * t.objective).sum(0) - estimator.class_beta * kl_y, kl_y)
 
     def log_weights(self, x: torch.Tensor, samples: int) -> torch.Tensor:
         """Stratified importance weights of p(x) = Σ_y p(y) p(x|y): for each of the ``samples``

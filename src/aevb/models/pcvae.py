@@ -14,16 +14,16 @@ from torch import nn
 from torch.distributions import Categorical
 
 from ..errors import DataError
-from ..objectives import ELBOTerms
+from ..objectives import ELBOTerms, Estimator
 from . import MODELS
+from .base import Classifier
 from .vae import VAE, build_vae
 
 
-class PCVAE(VAE):
+class PCVAE(VAE, Classifier):
     """A VAE plus ``head``: logits of p(y|z). ``labelled_elbo`` is the plain ELBO (the label does
     not enter the generative model); ``class_log_prob`` is the prediction term."""
 
-    semi_supervised = True
     default_alpha = 1.0  # λ: one nat of cross-entropy weighs as one nat of the per-datapoint ELBO
 
     def __init__(self, vae: VAE, n_classes: int):
@@ -32,8 +32,9 @@ class PCVAE(VAE):
         self.n_classes = n_classes
         self.head = nn.Linear(vae.latent_dim, n_classes)
 
-    def labelled_elbo(self, x, y, estimator: str = "auto", samples: int = 1, beta: float = 1.0) -> ELBOTerms:
-        return self.elbo(x, estimator, samples, beta)
+    def labelled_elbo(self, x, y, estimator: Estimator = Estimator()) -> ELBOTerms:
+        """The plain ELBO of x: y is not a variable of the generative model."""
+        return self.elbo(x, estimator)
 
     def class_log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """A one-sample estimate of E_q(z|x)[log p(y|z)], pathwise through z = g(ε, x)."""
@@ -42,7 +43,6 @@ class PCVAE(VAE):
     def classify(self, x: torch.Tensor) -> Categorical:
         """p(y|z) at the posterior mean z = E_q[z|x]."""
         return Categorical(logits=self.head(self.encode(x).mean))
-
 
 
 @MODELS.register("pcvae")

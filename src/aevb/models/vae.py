@@ -10,30 +10,11 @@ from torch.distributions import Distribution
 
 from .. import nets
 from ..distributions import LIKELIHOODS, POSTERIORS, PRIORS
-from ..objectives import ESTIMATORS, ELBOTerms, has_analytic_kl
 from . import MODELS
+from .base import DecodesLatent, LatentModel
 
 
-class LatentModel(nn.Module):
-    """What every model shares: a prior module ``prior_net`` and an ``encode(x)`` whose KL from
-    the prior may have a closed form."""
-
-    _analytic_kl: bool | None = None
-
-    def prior(self) -> Distribution:
-        return self.prior_net()
-
-    def has_analytic_kl(self) -> bool:
-        """Whether KL(q(z|x) ‖ p(z)) has a registered closed form (decided once per model)."""
-        if self._analytic_kl is None:
-            p = next(self.parameters())
-            x = torch.zeros(1, *self.x_shape, device=p.device, dtype=p.dtype)
-            with torch.no_grad():
-                self._analytic_kl = has_analytic_kl(self.encode(x), self.prior())
-        return self._analytic_kl
-
-
-class VAE(LatentModel):
+class VAE(LatentModel, DecodesLatent):
     """encode(x) = q(z|x), prior() = p(z), decode(z) = p(x|z), all torch Distributions."""
 
     def __init__(self, x_shape, latent_dim, encoder, decoder, posterior, prior, likelihood):
@@ -51,19 +32,10 @@ class VAE(LatentModel):
         """p(x|z) with batch shape z.shape[:-1] and event shape x_shape."""
         return self.likelihood(self.decoder(z))
 
-    def elbo(self, x: torch.Tensor, estimator: str = "auto", samples: int = 1, beta: float = 1.0) -> ELBOTerms:
-        """Per-datapoint ELBO terms of x under a registered estimator (A, B, auto, iwae)."""
-        return ESTIMATORS[estimator](self, x, samples, beta)
-
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """n draws z ~ p(z) decoded to the mean of p(x|z): shape (n, *x_shape)."""
         return self.decode(self.prior().sample((n,))).mean
-
-    @torch.no_grad()
-    def embed(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-        """Posterior means E_q[z|x], shape (N, latent_dim), computed in batches."""
-        return torch.cat([self.encode(x[i:i + batch_size]).mean for i in range(0, len(x), batch_size)])
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

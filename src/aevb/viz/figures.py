@@ -6,6 +6,10 @@ data as ``x`` and, for colours by class, ``y``, and a ``path``). Every PNG is wr
 has a fixed pixel size: the ``SIZES`` of the matplotlib figures, and for image grids
 (rows·(h+1)+1)·scale × (cols·(w+1)+1)·scale for images of h × w pixels.
 
+Each is registered with ``figure(...)`` together with its caption, the ``aevb plot`` options it
+takes and the model capability it needs, and ``draw_figures`` draws any or all of them: the CLI's
+``aevb plot`` and the HTML report both go through it.
+
 The figures follow Kingma & Welling 2013: training curves against the number of training samples
 seen on a log axis (Fig. 2) and the learned 2-D manifold, decoded from a grid of prior quantiles
 through the inverse CDF (Fig. 4).
@@ -15,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import matplotlib
 
@@ -28,6 +33,7 @@ from torch.distributions import Independent, MultivariateNormal, Normal  # noqa:
 from .. import rundir  # noqa: E402
 from ..errors import DataError  # noqa: E402
 from ..evaluate import ACTIVE_THRESHOLD, activity, kl_per_dimension, posterior_means  # noqa: E402
+from ..models import ClassLatent, DecodesLatent  # noqa: E402
 from ..registry import Registry  # noqa: E402
 from .grid import image_grid, save_grid  # noqa: E402
 
@@ -40,6 +46,81 @@ SIZES = {  # (width, height) in pixels of the matplotlib figures
     "kl": (720, 400),
 }
 FIGURES: Registry = Registry("figure")
+
+
+@dataclass
+class FigureSpec:
+    """A registered figure: ``draw(model_or_run, path=None, **options)``, a one-line ``summary``
+    (``aevb plot --help``), the report's ``caption``, the ``aevb plot`` options it takes, the
+    capability a model needs for it (``requires``, in words ``needs``) and whether it draws images
+    of the data (``images``)."""
+
+    name: str
+    draw: Callable[..., Path]
+    summary: str
+    caption: str
+    options: tuple[str, ...] = ()
+    requires: type | None = None
+    needs: str = ""
+    images: bool = False
+
+    def __call__(self, *args, **kwargs) -> Path:
+        return self.draw(*args, **kwargs)
+
+    def applies_to(self, model) -> bool:
+        """Whether the model has what the figure needs (image data aside)."""
+        return self.requires is None or isinstance(model, self.requires)
+
+    def reason_not(self, model) -> str | None:
+        """Why this figure cannot be drawn for ``model``, or None where it can."""
+        if not self.applies_to(model):
+            return f"the {self.name} figure needs {self.needs}"
+        if self.images and not is_image_data(model.x_shape):
+            return f"the data of shape {tuple(model.x_shape)} are not images"
+        return None
+
+
+def figure(name: str, summary: str, caption: str, *, options=(), requires: type | None = None, needs: str = "",
+           images: bool = False):
+    """Register the decorated drawing function as the figure ``name`` (see FigureSpec)."""
+    def decorate(draw):
+        FIGURES.register(name)(FigureSpec(name, draw, summary, caption, tuple(options), requires, needs, images))
+        return draw
+    return decorate
+
+
+def require(name: str, model) -> None:
+    """DataError where the figure ``name`` needs a capability that ``model`` lacks."""
+    spec = FIGURES[name]
+    if not spec.applies_to(model):
+        raise DataError(spec.reason_not(model))
+
+
+def figures_for(model) -> list[str]:
+    """The registered figures whose required capability the model has."""
+    return [name for name in FIGURES if FIGURES[name].applies_to(model)]
+
+
+def draw_figures(model_or_run, names=None, path=None, *, test_size: int | None = None,
+                 **options) -> Iterator[tuple[str, Path | None, str | None]]:
+    """Draw figures of a run directory or Subject, each into ``path`` (one figure) or RUN/NAME.png,
+    passing each the ``options`` it takes (None: its default). With ``names``, those figures, and
+    one that cannot be drawn raises DataError; without, every figure that applies to the model
+    (``figures_for``). Yields (name, path, None) for each drawn and (name, None, reason) for each
+    that could not be (data that are not images, ...)."""
+    s = subject(model_or_run, test_size=test_size)
+    for name in names or figures_for(s.model):
+        spec = FIGURES[name]
+        reason = spec.reason_not(s.model)
+        if reason is None:
+            try:
+                yield name, spec(s, path, **{k: v for k, v in options.items() if k in spec.options and v is not None}), None
+                continue
+            except DataError as e:
+                reason = str(e)
+        if names:
+            raise DataError(reason)
+        yield name, None, reason
 
 
 @dataclass
@@ -177,7 +258,8 @@ def principal_directions(z: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, tor
 # ---------------------------------------------------------------------------------------------
 
 
-@FIGURES.register("samples")
+@figure("samples", "draws from the prior, decoded",
+        "Samples from the prior: z ~ p(z) decoded to the mean of p(x|z).", options=("n", "seed"), images=True)
 def fig_samples(model_or_run, path=None, *, n: int = 64, seed: int = 0, scale: int = 2) -> Path:
     """n draws z ~ p(z) decoded to the mean of p(x|z), as a square-ish grid."""
     s = subject(model_or_run)
@@ -187,7 +269,9 @@ def fig_samples(model_or_run, path=None, *, n: int = 64, seed: int = 0, scale: i
     return save_grid(as_images(images, s.x_shape), s.out(path, "samples"), scale=scale)
 
 
-@FIGURES.register("reconstructions")
+@figure("reconstructions", "test images beside their reconstructions",
+        "Test images (odd columns) beside their reconstructions (the mean of p(x|z) at the posterior mean).",
+        options=("n",), images=True)
 def fig_reconstructions(model_or_run, path=None, *, x=None, n: int = 32, scale: int = 2, test_size=None) -> Path:
     """The first n test images, each followed by its reconstruction (the mean of p(x|z) at the posterior
     mean), 8 pairs a row."""
@@ -199,7 +283,8 @@ def fig_reconstructions(model_or_run, path=None, *, x=None, n: int = 32, scale: 
     return save_grid(as_images(pairs, s.x_shape), s.out(path, "reconstructions"), ncols=2 * min(8, len(x)), scale=scale)
 
 
-@FIGURES.register("curves")
+@figure("curves", "train and test ELBO against training samples seen, log x axis (Kingma & Welling Fig. 2)",
+        "ELBO per datapoint against the number of training samples seen, log x axis (Kingma & Welling 2013, Fig. 2).")
 def fig_curves(run_or_metrics, path=None) -> Path:
     """Train and test ELBO per datapoint against the number of training samples seen, log x axis
     (Kingma & Welling 2013, Fig. 2). Takes a run directory or its metrics records."""
@@ -240,7 +325,9 @@ def fig_curves(run_or_metrics, path=None) -> Path:
     return _save(fig, path)
 
 
-@FIGURES.register("latent")
+@figure("latent", "posterior means of test images, PCA to 2-D, coloured by label",
+        "Posterior means of test images; for more than two latent dimensions projected on their two leading "
+        "principal directions.")
 def fig_latent(model_or_run, path=None, *, x=None, y=None, max_points: int = 5000, test_size=None) -> Path:
     """Posterior means E[z|x] of up to max_points test images: the latent coordinates themselves for
     1 or 2 latent dimensions, the two leading principal directions for more; coloured by label where
@@ -312,13 +399,18 @@ def prior_quantile_grid(model, directions: torch.Tensor, n: int) -> torch.Tensor
     return z.reshape(n * n, -1).float()
 
 
-@FIGURES.register("manifold")
+@figure("manifold", "decoded grid of prior quantiles (Kingma & Welling Fig. 4; principal directions beyond 2-D)",
+        "The learned manifold: a grid of prior quantiles decoded through the inverse CDF (Kingma & Welling 2013, Fig. 4); "
+        "for more than two latent dimensions along the two leading principal directions of the posterior means.",
+        options=("n",), images=True, requires=DecodesLatent,
+        needs="a model that decodes z alone (M2 decodes z with a class; its analogies figure shows its decoder)")
 def fig_manifold(model_or_run, path=None, *, x=None, n: int = 20, scale: int = 1, test_size=None) -> Path:
     """The learned manifold: the means of p(x|z) decoded from an n × n grid of prior quantiles
     (Kingma & Welling 2013, Fig. 4). Over z1, z2 for 2 latent dimensions; over the two leading
     principal directions of the posterior means of x for more (the other directions at the prior
     mean); one row of n for 1 dimension."""
     s = subject(model_or_run, x, test_size=test_size or 5000)
+    require("manifold", s.model)
     model, d = s.model, s.latent_dim
     model.eval()
     if d == 1:
@@ -376,7 +468,10 @@ def _endpoints(x, y, classes, indices) -> tuple[int, int, str]:
     return i, j, f"test image {i}{label(i)} to test image {j}{label(j)}"
 
 
-@FIGURES.register("interpolation")
+@figure("interpolation", "linear and spherical paths between two test images (default the first 3 and 5)",
+        "Decoded points on the line (top) and the great circle (bottom) between the posterior means of two test images.",
+        options=("classes", "indices", "steps"), images=True, requires=DecodesLatent,
+        needs="a model that decodes z alone (M2 decodes z with a class; its analogies figure shows its decoder)")
 def fig_interpolation(model_or_run, path=None, *, x=None, y=None, classes=None, indices=None,
                       steps: int = 10, test_size=None) -> Path:
     """Decoded points on the path between the posterior means of two test images, linear and
@@ -384,6 +479,7 @@ def fig_interpolation(model_or_run, path=None, *, x=None, y=None, classes=None, 
     test image of each of two ``classes`` where labels exist (default a 3 and a 5, or the first two
     labels where there are no 3s or 5s), else the first two."""
     s = subject(model_or_run, x, y, test_size=test_size)
+    require("interpolation", s.model)
     x = s.data("the interpolation")
     i, j, what = _endpoints(x, s.y, classes, indices)
     model, device = s.model, _device(s.model)
@@ -407,7 +503,8 @@ def fig_interpolation(model_or_run, path=None, *, x=None, y=None, classes=None, 
     return _save(fig, s.out(path, "interpolation"))
 
 
-@FIGURES.register("histograms")
+@figure("histograms", "each latent dimension's posterior means, stacked by class",
+        "Histograms of each latent dimension's posterior means over the test images, stacked by class.")
 def fig_histograms(model_or_run, path=None, *, x=None, y=None, max_dims: int = 32, bins: int = 40,
                    test_size=None) -> Path:
     """For each latent dimension a histogram of the posterior means E[z_d|x] over the test images,
@@ -453,7 +550,9 @@ def fig_histograms(model_or_run, path=None, *, x=None, y=None, max_dims: int = 3
     return _save(fig, s.out(path, "histograms"))
 
 
-@FIGURES.register("kl")
+@figure("kl", "KL per latent dimension, active and inactive units",
+        "KL(q(z_d|x) || p(z_d)) per latent dimension; grey bars are inactive dimensions (Cov_x E[z_d] ≤ 0.01, "
+        "Burda et al. 2015).")
 def fig_kl(model_or_run, path=None, *, x=None, test_size=None) -> Path:
     """KL(q(z_d|x) ‖ p(z_d)) per latent dimension, averaged over the test images, as bars: active
     dimensions (Cov_x E[z_d] > 0.01, Burda et al. 2015) in colour, inactive ones grey."""
@@ -486,13 +585,14 @@ def fig_kl(model_or_run, path=None, *, x=None, test_size=None) -> Path:
 
 
 
-@FIGURES.register("analogies")
+@figure("analogies", "M2: each test image's style decoded with every class (Kingma et al. 2014 Fig. 1)",
+        "M2: each row a test image, then its style z = E[z|x,y] decoded with every class (Kingma et al. 2014, Fig. 1).",
+        images=True, requires=ClassLatent, needs="a model with a class variable y in its decoder (m2)")
 def fig_analogies(model_or_run, path=None, *, x=None, y=None, n: int = 10, scale: int = 2, test_size=None) -> Path:
     """M2's separation of style and class (Kingma et al. 2014, Fig. 1): each row a test image,
     then its style z = E_q[z|x,y] decoded with every class y' in turn."""
     s = subject(model_or_run, x, y, test_size=test_size)
-    if not hasattr(s.model, "analogies"):
-        raise DataError("the analogies figure needs a model with a class variable y in its decoder (m2)")
+    require("analogies", s.model)
     x = s.data("the analogies figure")
     y = s.y
     if y is not None:  # one image of each class first, where the labels are known
@@ -505,15 +605,3 @@ def fig_analogies(model_or_run, path=None, *, x=None, y=None, n: int = 10, scale
     styles = s.model.analogies(x.to(device), None if y is None else y.to(device))  # (n, K, *x_shape)
     rows = torch.cat([x.to(device).unsqueeze(1), styles], 1).flatten(0, 1)
     return save_grid(as_images(rows, s.x_shape), s.out(path, "analogies"), ncols=styles.shape[1] + 1, scale=scale)
-
-
-fig_analogies.requires = "analogies"
-
-
-def figures_for(model) -> list[str]:
-    """The registered figures that apply to a model: those that need a method of their own
-    (``fn.requires``, e.g. M2's analogies) only where the model has it."""
-    return [name for name in FIGURES if hasattr(model, getattr(FIGURES[name], "requires", "encode"))]
-
-
-IMAGE_FIGURES = ("samples", "reconstructions", "manifold", "interpolation", "analogies")

@@ -11,24 +11,10 @@ import time
 from pathlib import Path
 
 from .. import rundir
-from ..errors import DataError
 from ..evaluate import diagnostics
-from .figures import FIGURES, IMAGE_FIGURES, Subject, figures_for, is_image_data, load_test_split
+from .figures import FIGURES, Subject, draw_figures, load_test_split
 
 REPORT = "report.html"
-
-CAPTIONS = {
-    "samples": "Samples from the prior: z ~ p(z) decoded to the mean of p(x|z).",
-    "reconstructions": "Test images (odd columns) beside their reconstructions (the mean of p(x|z) at the posterior mean).",
-    "curves": "ELBO per datapoint against the number of training samples seen, log x axis (Kingma & Welling 2013, Fig. 2).",
-    "latent": "Posterior means of test images; for more than two latent dimensions projected on their two leading principal directions.",
-    "manifold": "The learned manifold: a grid of prior quantiles decoded through the inverse CDF (Kingma & Welling 2013, Fig. 4); "
-                "for more than two latent dimensions along the two leading principal directions of the posterior means.",
-    "interpolation": "Decoded points on the line (top) and the great circle (bottom) between the posterior means of two test images.",
-    "histograms": "Histograms of each latent dimension's posterior means over the test images, stacked by class.",
-    "analogies": "M2: each row a test image, then its style z = E[z|x,y] decoded with every class (Kingma et al. 2014, Fig. 1).",
-    "kl": "KL(q(z_d|x) || p(z_d)) per latent dimension; grey bars are inactive dimensions (Cov_x E[z_d] ≤ 0.01, Burda et al. 2015).",
-}
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1000px;
@@ -80,6 +66,8 @@ def _evaluation(r: dict | None, run: Path) -> str:
     key = "elbo_B" if "elbo_B" in r else "elbo_A"
     rows += [["&nbsp;&nbsp;reconstruction E[log p(x|z)]", _num(r[key]["log_px_z"])],
              ["&nbsp;&nbsp;KL(q(z|x) ‖ p(z))", _num(r[key]["kl"])]]
+    if "kl_y" in r[key]:
+        rows.append(["&nbsp;&nbsp;KL(q(y|x) ‖ p(y))", _num(r[key]["kl_y"])])
     rows += [[f"IWAE bound, k={_e(k)}", _num(v)] for k, v in r["iwae"].items()]
     ll = r["log_likelihood"]
     rows.append([f"log p(x), importance sampled (k={ll['k']})", f"{_num(ll['value'])} ± {_num(ll['standard_error'])}"])
@@ -129,7 +117,7 @@ def _figure_html(name: str, path: Path | None, error: str | None) -> str:
     w, h = png_size(path)
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return (title + f'<figure><img src="data:image/png;base64,{data}" alt="{_e(name)}" width="{w}" height="{h}">'
-            f"<figcaption>{_e(CAPTIONS.get(name, ''))} <code>{_e(path.name)}</code></figcaption></figure>")
+            f"<figcaption>{_e(FIGURES[name].caption)} <code>{_e(path.name)}</code></figcaption></figure>")
 
 
 def write_report(run: str | Path, path: str | Path | None = None, *, test_size: int | None = None) -> Path:
@@ -155,18 +143,7 @@ def write_report(run: str | Path, path: str | Path | None = None, *, test_size: 
         except json.JSONDecodeError:
             evaluation = None
 
-    images = is_image_data(model.x_shape)
-    sections = []
-    for name in figures_for(model):
-        fn = FIGURES[name]
-        if name in IMAGE_FIGURES and not images:
-            sections.append(_figure_html(name, None, f"the data of shape {tuple(model.x_shape)} are not images"))
-            continue
-        try:
-            drawn = fn(run, run / f"{name}.png") if name == "curves" else fn(subject, run / f"{name}.png")
-            sections.append(_figure_html(name, drawn, None))
-        except DataError as e:
-            sections.append(_figure_html(name, None, str(e)))
+    sections = [_figure_html(name, drawn, reason) for name, drawn, reason in draw_figures(subject)]
 
     cfg, meta = config, config.get("run", {})
     last = records[-1] if records else {}

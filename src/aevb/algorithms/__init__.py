@@ -1,0 +1,7 @@
+"""Training algorithms, one per file, registered by name (``--algorithm``): each owns one
+optimisation step and the metrics of its steps; ``aevb.train.Trainer`` runs the epochs around them.
+See ``base.Algorithm`` for the contract."""
+from .base import ALGORITHMS, Algorithm, default_algorithm
+from . import sgvb, semi_supervised  # noqa: F401,E402  (register "sgvb", "semi-supervised")
+
+__all__ = ["ALGORITHMS", "Algorithm", "default_algorithm"]

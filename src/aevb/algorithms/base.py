@@ -1,0 +1,102 @@
+"""The contract of a training algorithm.
+
+An algorithm is built once per run from the config, the model, its optimizer and the data, and
+owns everything that is particular to how it trains: which examples an epoch passes over (``x``),
+one optimisation step on a batch of their indices (loss, backward, optimizer step), and the
+metrics of its steps and of the test set. The ``Trainer`` owns what every algorithm shares: the
+data on the device, the epoch's permutation, checkpoints, resume, signals and the metrics file;
+it calls ``begin_epoch``, ``step`` for each batch and ``end_epoch``, then ``test``.
+
+β and the estimator reach the model as one value, ``estimator_at(progress)``: an ``Estimator``
+with the configured name and samples and the scheduled β.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from ..config import Config
+from ..data import Dataset
+from ..errors import ConfigError, TrainingDiverged
+from ..evaluate import elbo_terms
+from ..models import ClassLatent, Classifier, LatentModel, reported_terms
+from ..objectives import SCHEDULES, ELBOTerms, Estimator
+from ..registry import Registry
+
+ALGORITHMS: Registry = Registry("algorithm")
+
+
+def default_algorithm(model: LatentModel) -> str:
+    """The algorithm a model trains with unless told otherwise: semi-supervised for a model with a
+    classifier, sgvb for the rest."""
+    return "semi-supervised" if isinstance(model, Classifier) else "sgvb"
+
+
+class Algorithm(ABC):
+    """One training algorithm for ``model``. Subclasses set ``x`` (the training examples an epoch
+    passes over, on the device) and implement ``step``; ``requires`` is the capability a model
+    needs for it, ``requirement`` says it in words for the error."""
+
+    requires: type = LatentModel
+    requirement: str = "a latent-variable model"
+
+    def __init__(self, cfg: Config, model: LatentModel, optimizer: torch.optim.Optimizer, data: Dataset,
+                 device: torch.device):
+        t = cfg.train
+        if not isinstance(model, self.requires):
+            raise ConfigError(f"--algorithm {self.registered_name} trains {self.requirement}; "
+                              f"{cfg.model.model} is not one")
+        if t.beta_y is not None and not isinstance(model, ClassLatent):
+            raise ConfigError(f"--beta-y weighs the KL of M2's class y; {cfg.model.model} has none (use --model m2)")
+        self.cfg, self.model, self.optimizer, self.device = cfg, model, optimizer, device
+        self.dynamic = data.binarize == "dynamic"
+        self.schedule = SCHEDULES[t.beta_schedule]
+        self.terms = reported_terms(model)
+        self.beta = t.beta
+        self.x: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        """Training examples in one epoch."""
+        return len(self.x)
+
+    def binarize(self, x: torch.Tensor) -> torch.Tensor:
+        """A fresh Bernoulli draw of each pixel in every batch for dynamically binarised data."""
+        return torch.bernoulli(x) if self.dynamic else x
+
+    def estimator_at(self, progress: float) -> Estimator:
+        """The configured estimator with β as the schedule sets it ``progress`` epochs into the run."""
+        t = self.cfg.train
+        self.beta = self.schedule(t.beta, progress, t.epochs, t.warmup_epochs, t.cycles, t.cycle_ratio)
+        return Estimator(t.estimator, t.samples, self.beta, t.beta_y)
+
+    def update(self, loss: torch.Tensor) -> None:
+        """One optimizer step on ``loss``, refused where it is not finite (the Trainer says where)."""
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the loss became {loss.item()}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def begin_epoch(self) -> None:
+        self.sums = torch.zeros(len(self.terms), device=self.device)
+
+    def accumulate(self, terms: ELBOTerms) -> None:
+        """Add a batch's bound terms to the epoch's sums (on the device: read once per epoch)."""
+        self.sums += torch.stack([getattr(terms, name).sum() for name in self.terms]).detach()
+
+    @abstractmethod
+    def step(self, idx: torch.Tensor, step: int, progress: float) -> None:
+        """One optimisation step on the examples ``x[idx]``, the ``step``-th of its epoch (from 0),
+        ``progress`` epochs into the run."""
+
+    def end_epoch(self) -> dict[str, float]:
+        """The epoch's training metrics: β at its end and the mean bound terms per example."""
+        return {"beta": self.beta} | {f"train_{name}": v for name, v in zip(self.terms, (self.sums / self.n).tolist())}
+
+    def test(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+        """Test metrics: the mean bound terms under the training estimator (β = 1)."""
+        t = self.cfg.train
+        terms = elbo_terms(self.model, x, Estimator(t.estimator, t.samples), t.eval_batch_size)
+        return {f"test_{name}": v for name, v in terms.items()}
