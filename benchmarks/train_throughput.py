@@ -6,15 +6,21 @@ Both see the same MNIST training images; their epochs alternate (so both meet th
 load), one warm-up epoch each is dropped, and we print the median samples/s of each and the median
 of the per-round ratios (a round's two epochs meet the same load, so the ratio is steadier than the rates).
 
-A third loop bounds what any trainer of this model can reach here: the same step written by hand
-with nothing around it (index slices, one fused expression for the loss, fused Adam, no metrics, no
-distributions). Its ratio to the reference is the ceiling of ours on this machine.
+Beside them: aevb with ``--precision bf16-mixed``, with ``--compile`` (fp32 and bf16), and the
+ceilings: the same step written by hand with nothing around it (index slices, one fused expression
+for the loss, fused Adam, no metrics, no distributions), in fp32 and under bf16 autocast. Their
+ratios to the reference bound what any trainer of this model can reach here.
 
-    python benchmarks/train_throughput.py [--epochs 3] [--train-size 60000]
+On a CPU without native bf16 (no avx512_bf16 or amx_bf16) the bf16 loops are emulated and ~10×
+slower: the benchmark says so and times them on the first ``--bf16-size`` images only (samples/s
+does not depend on the epoch's length).
+
+    python benchmarks/train_throughput.py [--epochs 3] [--train-size 60000] [--no-compile]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -25,6 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from aevb.config import Config
 from aevb.data import load_dataset
+from aevb.precision import native_bf16_cpu
 from aevb.train import Trainer
 
 
@@ -87,18 +94,22 @@ class Reference:
 
 class HandWritten:
     """The ceiling: the reference's model and loss as one bare step over index slices of one tensor,
-    Bernoulli log-likelihood as x·h - softplus(h) (the same BCE), fused Adam."""
+    Bernoulli log-likelihood as x·h - softplus(h) (the same BCE), fused Adam; with ``bf16`` the
+    matrix products under bf16 autocast and the loss in fp32."""
 
-    def __init__(self, train_x: torch.Tensor):
+    def __init__(self, train_x: torch.Tensor, bf16: bool = False):
         self.model, self.x = ReferenceVAE(), train_x.flatten(1)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, fused=True)
+        self.autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def epoch(self) -> None:
         m = self.model
         for idx in torch.randperm(len(self.x)).split(128):
             x = self.x[idx]
-            mu, logvar = m.encode(x)
-            h = m.fc4(F.relu(m.fc3(m.reparameterize(mu, logvar))))
+            with self.autocast():
+                mu, logvar = m.encode(x)
+                mu, logvar = mu.float(), logvar.float()
+                h = m.fc4(F.relu(m.fc3(m.reparameterize(mu, logvar)))).float()
             loss = (F.softplus(h) - x * h).sum() - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -111,32 +122,56 @@ def samples_per_sec(run_epoch, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+def aevb_epoch(data, quiet_warnings: list, **train) -> tuple:
+    """One aevb Trainer with the default (pytorch/examples) config and the given train settings."""
+    cfg = Config()
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    torch.manual_seed(1)
+    trainer = Trainer(cfg, data)
+    quiet_warnings += trainer.warnings
+    return lambda: trainer.epoch(1), len(trainer.algorithm.x)  # the epoch number only sets β, constant here
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=60000)
+    parser.add_argument("--bf16-size", type=int, default=6400, help="images per bf16 epoch on a CPU without native bf16")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the --compile rows")
     args = parser.parse_args()
     cfg = Config()  # the defaults are the pytorch/examples set-up
     cfg.data.train_size, cfg.data.test_size = args.train_size, 1000
     data = load_dataset(cfg.data)
+    native = native_bf16_cpu()
+    small = data if native else load_dataset(type(cfg.data)(train_size=min(args.bf16_size, args.train_size), test_size=1000))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(data.train_x)} MNIST images, "
           f"{args.epochs} timed epochs each, interleaved")
-    torch.manual_seed(1)
-    trainer = Trainer(cfg, data)
-    loops = {"pytorch/examples loop": Reference(data.train_x).epoch,
-             "aevb trainer": lambda: trainer.epoch(1),  # the epoch number only sets β, constant here
-             "hand-written step (ceiling)": HandWritten(data.train_x).epoch}
-    n = len(data.train_x)
+    print(f"bf16: {'native (avx512_bf16 or amx_bf16)' if native else 'NOT native on this CPU (AVX2 or older): emulated, '}"
+          f"{'' if native else f'timed on {len(small.train_x)} images; keep --precision 32 here'}")
+    warnings: list = []
+    loops = {"pytorch/examples loop": (Reference(data.train_x).epoch, len(data.train_x)),
+             "aevb fp32": aevb_epoch(data, warnings),
+             "aevb bf16-mixed": aevb_epoch(small, warnings, precision="bf16-mixed")}
+    if not args.no_compile:
+        loops["aevb --compile fp32"] = aevb_epoch(data, warnings, compile=True)
+        loops["aevb --compile bf16-mixed"] = aevb_epoch(small, warnings, compile=True, precision="bf16-mixed")
+    loops["hand-written fp32 (ceiling)"] = (HandWritten(data.train_x).epoch, len(data.train_x))
+    loops["hand-written bf16 (ceiling)"] = (HandWritten(small.train_x, bf16=True).epoch, len(small.train_x))
+    for w in dict.fromkeys(warnings):
+        print(f"warning: {w}")
     rates = {name: [] for name in loops}
-    for epoch in range(args.epochs + 1):  # interleaved, so all meet the same machine load; epoch 0 warms up
-        for name, run_epoch in loops.items():
+    for epoch in range(args.epochs + 1):  # interleaved, so all meet the same machine load; epoch 0 warms up (and compiles)
+        for name, (run_epoch, n) in loops.items():
             rate = samples_per_sec(run_epoch, n)
             if epoch:
                 rates[name].append(rate)
-    reference = rates["pytorch/examples loop"]
+    reference, ceiling = rates["pytorch/examples loop"], rates["hand-written fp32 (ceiling)"]
+    print(f"{'':<30}{'samples/s':>10}{'× reference':>13}{'× hand-written fp32':>21}")
     for name, values in rates.items():
         ratio = statistics.median(v / r for v, r in zip(values, reference))
-        print(f"{name:<30}{statistics.median(values):>10.0f} samples/s{ratio:>8.2f}x")
+        of_ceiling = statistics.median(v / c for v, c in zip(values, ceiling))
+        print(f"{name:<30}{statistics.median(values):>10.0f}{ratio:>12.2f}×{of_ceiling:>20.2f}×")
 
 
 if __name__ == "__main__":

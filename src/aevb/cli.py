@@ -109,12 +109,15 @@ def cmd_evaluate(args) -> None:
     from .evaluate import evaluate, format_evaluation
     from .rundir import write_text
 
+    from .train import resolve_device
+
     run = Path(args.run)
-    model = load(run)
+    device = resolve_device(args.device)
+    model = load(run, device)
     x, y = load_test_data(run, args.test_size)
     ks = sorted({1, 5, 50, args.k} if args.k >= 50 else {1, args.k})
-    result = evaluate(model, x, ks, samples=args.samples, max_memory=int(args.max_memory * 2**20),
-                      progress=sys.stderr.isatty(), y=y)
+    result = evaluate(model, x.to(device), ks, samples=args.samples, max_memory=int(args.max_memory * 2**20),
+                      progress=sys.stderr.isatty(), y=None if y is None else y.to(device), precision=args.precision)
     write_text(run / "eval.json", json.dumps(result, indent=2) + "\n")
     print(format_evaluation(result))
     print(f"written to {run / 'eval.json'}")
@@ -258,6 +261,9 @@ def build_parser() -> Parser:
     p.add_argument("--k", type=positive_int, default=5000, help="importance samples (default 5000)")
     p.add_argument("--samples", type=positive_int, default=1, help="L, samples per datapoint for the ELBO")
     p.add_argument("--test-size", type=positive_int, help="evaluate on the first N test images only")
+    p.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32",
+                   help="the networks in bf16 or fp16 (16-mixed: CUDA), everything else fp32 (default 32: fp32 throughout)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: cuda, then mps, then cpu)")
     p.add_argument("--max-memory", type=positive_float, default=512,
                    help="MiB at most for one batched decoder pass of many datapoints' samples (default 512; "
                         "on the CPU passes stay under 64 MiB, where they run fastest)")

@@ -69,6 +69,8 @@ class TrainConfig:
     cycles: int = 4
     cycle_ratio: float = 0.5
     device: str = "auto"
+    precision: str = "32"  # 32, bf16-mixed or 16-mixed (CUDA): the networks under autocast, everything else fp32
+    compile: bool = False  # torch.compile the networks
     eval_batch_size: int = 1000
     on_nan: str = "stop"  # a NaN/Inf loss: stop (keeping the last good checkpoint) or roll back and lower lr
     nan_lr_factor: float = 0.1  # rollback multiplies the learning rate by this
@@ -114,7 +116,8 @@ BELOW_ONE = {"nan_lr_factor": "(0, 1)"}  # fractions: upper bound exclusive
 BINARIZE = ("none", "dynamic", "static")
 ON_NAN = ("stop", "rollback")
 SPLITS = ("standard", "80/20")
-CHOICES = {"binarize": BINARIZE, "on_nan": ON_NAN, "split": SPLITS}  # fixed choices (registered names are checked by their registry)
+PRECISION = ("32", "bf16-mixed", "16-mixed")
+CHOICES = {"binarize": BINARIZE, "on_nan": ON_NAN, "split": SPLITS, "precision": PRECISION}  # fixed choices (registered names are checked by their registry)
 
 
 def field_types() -> dict[str, tuple[str, type]]:

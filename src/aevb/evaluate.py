@@ -18,6 +18,7 @@ from torch.distributions import (Distribution, Independent, MixtureSameFamily, M
 from .memory import DEFAULT_MAX_MEMORY, PassCost, chunk_sizes, pass_budget, pass_cost
 from .models import ClassLatent, Classifier, reported_terms
 from .objectives import Estimator
+from .precision import evaluated_in
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2: a unit is active if Cov_x(E_q[z_d]) > 10^-2
 
@@ -232,32 +233,35 @@ def class_metrics(model, x: torch.Tensor, y: torch.Tensor, samples: int = 50, ba
 
 
 def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
-             max_memory: int = DEFAULT_MAX_MEMORY, progress: bool = False, y: torch.Tensor | None = None) -> dict:
+             max_memory: int = DEFAULT_MAX_MEMORY, progress: bool = False, y: torch.Tensor | None = None,
+             precision: str = "32") -> dict:
     """Test-set ELBO (A, and B where a closed-form KL exists), the IWAE bound for every k, the IS
     log-likelihood at the largest k with its standard error, in nats per datapoint and bits/dim,
     the diagnostics (KL per dimension, active units, a collapse warning) and, for a
-    semi-supervised model given the labels ``y``, its class metrics."""
-    started = time.perf_counter()
-    result = {"n": len(x), "elbo_A": elbo_terms(model, x, Estimator("A", samples))}
-    if model.has_analytic_kl():
-        result["elbo_B"] = elbo_terms(model, x, Estimator("B", samples))
-    cost = sampling_cost(model, x)
-    result["iwae"] = {}
-    for k in sorted(ks):
-        log_p, se = importance_sampled(model, x, k, max_memory, cost, progress)
-        result["iwae"][str(k)] = log_p.mean().item()
-    k_max = max(ks)
-    batch, chunk = chunk_sizes(cost, k_max, len(x), pass_budget(max_memory, x.device))
-    result["log_likelihood"] = {"k": k_max, "value": log_p.mean().item(),
-                                "standard_error": (se.pow(2).sum().sqrt() / len(x)).item()}
-    result["bits_per_dim"] = -result["log_likelihood"]["value"] / (math.prod(model.x_shape) * math.log(2))
-    result["diagnostics"] = diagnostics(model, x)
-    if y is not None and isinstance(model, Classifier):
-        result["classes"] = class_metrics(model, x, y)
-    result["decoder_pass"] = {"datapoints": batch, "samples": chunk, "max_memory": max_memory,
-                              "bytes": cost.bytes(batch, chunk), "measured": cost.measured}
-    result["seconds"] = time.perf_counter() - started
-    return result
+    semi-supervised model given the labels ``y``, its class metrics. In fp32 unless ``precision``
+    says otherwise (the networks alone then run in bf16 or fp16; see aevb.precision)."""
+    with evaluated_in(model, precision, x.device):
+        started = time.perf_counter()
+        result = {"n": len(x), "precision": precision, "elbo_A": elbo_terms(model, x, Estimator("A", samples))}
+        if model.has_analytic_kl():
+            result["elbo_B"] = elbo_terms(model, x, Estimator("B", samples))
+        cost = sampling_cost(model, x)
+        result["iwae"] = {}
+        for k in sorted(ks):
+            log_p, se = importance_sampled(model, x, k, max_memory, cost, progress)
+            result["iwae"][str(k)] = log_p.mean().item()
+        k_max = max(ks)
+        batch, chunk = chunk_sizes(cost, k_max, len(x), pass_budget(max_memory, x.device))
+        result["log_likelihood"] = {"k": k_max, "value": log_p.mean().item(),
+                                    "standard_error": (se.pow(2).sum().sqrt() / len(x)).item()}
+        result["bits_per_dim"] = -result["log_likelihood"]["value"] / (math.prod(model.x_shape) * math.log(2))
+        result["diagnostics"] = diagnostics(model, x)
+        if y is not None and isinstance(model, Classifier):
+            result["classes"] = class_metrics(model, x, y)
+        result["decoder_pass"] = {"datapoints": batch, "samples": chunk, "max_memory": max_memory,
+                                  "bytes": cost.bytes(batch, chunk), "measured": cost.measured}
+        result["seconds"] = time.perf_counter() - started
+        return result
 
 
 def format_evaluation(r: dict) -> str:
@@ -287,7 +291,7 @@ def format_evaluation(r: dict) -> str:
         if d["warning"]:
             lines.append(f"warning: {d['warning']}")
     if "seconds" in r:
-        lines.append(f"evaluated in {r['seconds']:.1f} s")
+        lines.append(f"evaluated in {r['seconds']:.1f} s, precision {r.get('precision', '32')}")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ once per epoch. What one step does belongs to the training algorithm (``aevb.alg
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import os
 import random
@@ -27,6 +28,7 @@ from .errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserErro
 from .models import MODELS, build_model
 from .nets import ACTIVATIONS, NETS
 from .objectives import ESTIMATORS, SCHEDULES
+from .precision import check_precision
 from .registry import Registry
 
 OPTIMIZERS: Registry = Registry("optimizer")
@@ -78,6 +80,29 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def compile_networks(model, x: torch.Tensor) -> str | None:
+    """torch.compile each of the model's networks in place (the state dict keeps its keys), compiled
+    on a first bound of ``x``. Where the platform's compiler is missing or fails, the networks stay
+    eager and the returned warning says why."""
+    device = x.device.type
+    missing = (None if device != "cpu" or any(shutil.which(c) for c in ("c++", "g++", "clang++")) else "a C++ compiler")
+    if device == "cuda" and importlib.util.find_spec("triton") is None:
+        missing = "triton"
+    if missing:
+        return f"--compile needs {missing} on {device}, which is not installed here; training without compiling"
+    nets = model.networks()
+    for net in nets:
+        net.compile()
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device == "cuda" else []):
+            model.elbo(x)
+    except Exception as e:  # noqa: BLE001  (any failure of the compiler stack means the same: run eagerly)
+        for net in nets:
+            net._compiled_call_impl = None
+        return f"--compile failed here ({type(e).__name__}: {str(e).splitlines()[0][:160]}); training without compiling"
+    return None
+
+
 def seed_everything(seed: int) -> None:
     """One seed drives torch, numpy and random."""
     random.seed(seed)
@@ -101,6 +126,8 @@ class Trainer:
         self.optimizer = OPTIMIZERS[t.optimizer](self.model.parameters(), lr=t.lr)
         t.algorithm = t.algorithm or default_algorithm(self.model)
         self.algorithm = ALGORITHMS[t.algorithm](cfg, self.model, self.optimizer, data, self.device)
+        self.warnings = [w for w in (check_precision(t.precision, self.device),
+                                     compile_networks(self.model, self.algorithm.x[:2]) if t.compile else None) if w]
         self.x_test = data.test_x.to(self.device)
         self.y_test = None if data.test_y is None else data.test_y.to(self.device)
         self.steps = math.ceil(self.algorithm.n / t.batch_size)
@@ -234,6 +261,8 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False, o
         seed_everything(cfg.train.seed)
         data = data or load_dataset(cfg.data)
         trainer = Trainer(cfg, data)
+        for warning in trainer.warnings:
+            print(f"aevb: warning: {warning}", file=sys.stderr)
         if stop.signum:
             raise TrainingInterrupted(f"interrupted by {SIGNAL_NAMES[stop.signum]} before training started; "
                                       "nothing was written", stop.signum)

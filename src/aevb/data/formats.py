@@ -11,6 +11,7 @@ import math
 import pickle
 import struct
 import tarfile
+import typing
 import zlib
 from pathlib import Path
 
@@ -66,11 +67,13 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def load_array_pickle(data: bytes, name: str):
-    """A pickle (Python 2 or 3) holding only numpy arrays in plain containers."""
+def load_array_pickle(data: bytes | typing.BinaryIO, name: str):
+    """A pickle (Python 2 or 3) holding only numpy arrays in plain containers, from bytes or a stream."""
     try:
-        return _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
+        return _ArrayUnpickler(io.BytesIO(data) if isinstance(data, bytes) else data, encoding="latin1").load()
     except Exception as e:  # any malformed pickle raises something different
+        if not isinstance(data, bytes) and isinstance(e, (OSError, EOFError)):
+            raise  # the stream itself failed (a corrupt gzip): the caller says what to do
         raise DataError(f"{name} is not a valid array pickle ({type(e).__name__}: {one_line(e)}); replace it with the original file") from None
 
 

@@ -73,6 +73,11 @@ class LatentModel(nn.Module, ABC):
                 self._analytic_kl = has_analytic_kl(self.encode(x), self.prior())
         return self._analytic_kl
 
+    def networks(self) -> list[nn.Module]:
+        """The neural networks of the model, the modules that ``--precision`` runs under autocast and
+        ``--compile`` compiles: every child module but ``likelihood`` and ``prior_net``."""
+        return [m for name, m in self.named_children() if name not in ("likelihood", "prior_net")]
+
     @abstractmethod
     def sample(self, n: int) -> torch.Tensor:
         """n draws from the model decoded to the mean of p(x|·): shape (n, *x_shape)."""
