@@ -92,3 +92,14 @@ def test_cli_precision_is_recorded_kept_on_resume_and_named_by_evaluate(tmp_path
     assert json.loads((run / "eval.json").read_text())["precision"] == "bf16-mixed"
     assert main(["train", *flags, "--epochs", "1", "--precision", "16-mixed", "--overwrite"]) == 2
     assert "16-mixed needs CUDA" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_trains_in_16_mixed_with_loss_scaling_and_evaluates(tmp_path):
+    cfg = pytorch_examples("16-mixed")
+    cfg.train.device, cfg.train.epochs = "cuda", 1
+    trainer = Trainer(cfg, load_dataset(cfg.data))
+    assert trainer.algorithm.scaler is not None and next(trainer.model.parameters()).is_cuda
+    run = aevb.train(cfg, tmp_path / "cuda", quiet=True)
+    assert main(["evaluate", str(run), "--k", "20", "--test-size", "100", "--device", "cuda"]) == 0
+    assert json.loads((run / "eval.json").read_text())["precision"] == "32"

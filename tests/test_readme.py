@@ -30,6 +30,9 @@ def test_every_usage_line_parses():
     usage = [line.split("#")[0].strip() for block in bash_blocks()[2:] for line in block.splitlines()]
     for line in filter(None, usage):
         args = shlex.split(line)
+        if args[0] == "torchrun":  # torchrun [its options] -m aevb ARGS: the aevb part must parse
+            assert args[args.index("-m") + 1] == "aevb", line
+            args = args[args.index("-m") + 1:]
         assert args[0] == "aevb"
         parsed = parser.parse_args(args[1:])
         assert parsed.func is not None, line

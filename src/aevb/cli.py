@@ -74,11 +74,14 @@ def config_from_args(args) -> "Config":
 
 
 def cmd_train(args) -> None:
+    from .distributed import launched_as_main
     from .train import train
 
     if args.resume and args.out and not args.config and (Path(args.out) / "config.json").is_file():
         args.config = str(Path(args.out) / "config.json")  # resume with the run's settings; flags given now override
     run = train(config_from_args(args), args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    if not launched_as_main():  # under torchrun, rank 0 alone reports
+        return
     print(f"run directory: {run}" if args.quiet else f"done; the run is in {run}")
     if not args.no_report:
         from .viz import write_report
@@ -109,10 +112,8 @@ def cmd_evaluate(args) -> None:
     from .evaluate import evaluate, format_evaluation
     from .rundir import write_text
 
-    from .train import resolve_device
-
     run = Path(args.run)
-    device = resolve_device(args.device)
+    device = device_of(args)
     model = load(run, device)
     x, y = load_test_data(run, args.test_size)
     ks = sorted({1, 5, 50, args.k} if args.k >= 50 else {1, args.k})
@@ -123,17 +124,26 @@ def cmd_evaluate(args) -> None:
     print(f"written to {run / 'eval.json'}")
 
 
+def device_of(args):
+    """The --device of a command, resolved (auto: cuda, then mps, then cpu)."""
+    from .train import resolve_device
+
+    return resolve_device(args.device)
+
+
 def cmd_sample(args) -> None:
     from .viz import fig_samples
+    from .viz.figures import subject
 
-    path = fig_samples(args.run, args.out, n=args.n, seed=args.seed)
+    path = fig_samples(subject(args.run, device=device_of(args)), args.out, n=args.n, seed=args.seed)
     print(f"wrote {args.n} samples to {path}")
 
 
 def cmd_reconstruct(args) -> None:
     from .viz import fig_reconstructions
+    from .viz.figures import subject
 
-    path = fig_reconstructions(args.run, args.out, n=args.n)
+    path = fig_reconstructions(subject(args.run, test_size=args.n, device=device_of(args)), args.out, n=args.n)
     print(f"wrote up to {args.n} test images beside their reconstructions to {path}")
 
 
@@ -157,7 +167,8 @@ def cmd_plot(args) -> None:
         if getattr(args, option) is not None and not set(applies) & set(names):
             raise ConfigError(f"--{option} applies to the {' and '.join(applies)} figure{'s' if len(applies) > 1 else ''} only")
     options = {k: getattr(args, k) for k in PLOT_OPTIONS}
-    for name, path, reason in draw_figures(run, args.figures, args.out, test_size=args.test_size, **options):
+    for name, path, reason in draw_figures(run, args.figures, args.out, test_size=args.test_size,
+                                             device=device_of(args), **options):
         print(f"{name:<16}{path}" if path else f"skipped {name}: {reason}")
 
 
@@ -172,7 +183,7 @@ def figure_names() -> str:
 def cmd_report(args) -> None:
     from .viz import write_report
 
-    print(f"wrote {write_report(args.run, args.out, test_size=args.test_size)}")
+    print(f"wrote {write_report(args.run, args.out, test_size=args.test_size, device=device_of(args))}")
 
 
 def lab_names() -> str:
@@ -205,7 +216,8 @@ def cmd_experiment_ssl(args) -> None:
     out = Path(args.out or f"experiments/ssl-{args.dataset.replace(':', '-').replace('/', '-')}")
     settings = Settings(dataset=args.dataset, labels=parse_labels(args.labels), seeds=args.seeds, out=out,
                         data_dir=args.data_dir, epochs=args.epochs, train_size=args.train_size,
-                        test_size=args.test_size, classifier=args.classifier, quiet=args.quiet)
+                        test_size=args.test_size, classifier=args.classifier, quiet=args.quiet,
+                        device=args.device)
     started = time.perf_counter()
     print(run_ssl(settings))
     print(f"wrote {out}/table.md and {out}/table.csv in {(time.perf_counter() - started) / 60:.1f} min")
@@ -239,6 +251,10 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: cuda, then mps, then cpu)")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="aevb", description="Variational autoencoders by Auto-Encoding Variational Bayes.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -263,7 +279,7 @@ def build_parser() -> Parser:
     p.add_argument("--test-size", type=positive_int, help="evaluate on the first N test images only")
     p.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32",
                    help="the networks in bf16 or fp16 (16-mixed: CUDA), everything else fp32 (default 32: fp32 throughout)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: cuda, then mps, then cpu)")
+    add_device_flag(p)
     p.add_argument("--max-memory", type=positive_float, default=512,
                    help="MiB at most for one batched decoder pass of many datapoints' samples (default 512; "
                         "on the CPU passes stay under 64 MiB, where they run fastest)")
@@ -274,12 +290,14 @@ def build_parser() -> Parser:
     p.add_argument("--n", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="PNG path (default RUN/samples.png)")
+    add_device_flag(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("reconstruct", help="a PNG grid of test images beside their reconstructions")
     p.add_argument("run")
     p.add_argument("--n", type=positive_int, default=32)
     p.add_argument("--out", help="PNG path (default RUN/reconstructions.png)")
+    add_device_flag(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("plot", help="figures of a run as PNG ('aevb plot --help' lists them)",
@@ -294,12 +312,14 @@ def build_parser() -> Parser:
     p.add_argument("--classes", type=int, nargs=2, metavar=("A", "B"), help="interpolation: from the first test image labelled A to the first labelled B (3 5)")
     p.add_argument("--indices", type=int, nargs=2, metavar=("I", "J"), help="interpolation: between test images I and J")
     p.add_argument("--steps", type=positive_int, help="interpolation: decoded points on each path (10)")
+    add_device_flag(p)
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("report", help="RUN/report.html: one self-contained page with config, metrics and every figure")
     p.add_argument("run")
     p.add_argument("--out", help="HTML path (default RUN/report.html)")
     p.add_argument("--test-size", type=positive_int, help="draw the figures from the first N test images only")
+    add_device_flag(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("lab", help="numerical demonstrations of the theory ('aevb lab --help' lists them)",
@@ -331,6 +351,7 @@ def build_parser() -> Parser:
                    help="the classifier on pixels and latents, rows (a) (c) (d) (e): scikit-learn logistic "
                    "regression (default) or an RBF-kernel SVM")
     p.add_argument("--quiet", action="store_true", help="print the table only")
+    add_device_flag(p)
     p.set_defaults(func=cmd_experiment_ssl)
 
     p = sub.add_parser("datasets", help="which datasets are available here, and from where")

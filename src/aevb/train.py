@@ -23,6 +23,7 @@ from . import rundir
 from .algorithms import ALGORITHMS, default_algorithm
 from .config import Config
 from .data import Dataset, load_dataset
+from .distributed import epoch_seed, join, leave
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
 from .models import MODELS, build_model
@@ -118,32 +119,50 @@ class Trainer:
     def __init__(self, cfg: Config, data: Dataset):
         t = cfg.train
         self.cfg, self.data = cfg, data
-        self.device = resolve_device(t.device)
+        self.group, self.device = join(resolve_device(t.device))  # a torchrun launch: this rank's place and device
+        if t.batch_size < self.group.world:
+            raise ConfigError(f"--batch-size {t.batch_size} is the global batch and cannot be split over "
+                              f"{self.group.world} processes; raise it to at least {self.group.world}")
         self.model = build_model(cfg.model, data.x_shape, data.n_classes)
         self.model.check_support(data.train_x, "the training data")
         self.model.check_support(data.test_x, "the test data")
         self.model.to(self.device)
         self.optimizer = OPTIMIZERS[t.optimizer](self.model.parameters(), lr=t.lr)
         t.algorithm = t.algorithm or default_algorithm(self.model)
-        self.algorithm = ALGORITHMS[t.algorithm](cfg, self.model, self.optimizer, data, self.device)
+        self.algorithm = ALGORITHMS[t.algorithm](cfg, self.model, self.optimizer, data, self.device, self.group)
         self.warnings = [w for w in (check_precision(t.precision, self.device),
                                      compile_networks(self.model, self.algorithm.x[:2]) if t.compile else None) if w]
         self.x_test = data.test_x.to(self.device)
         self.y_test = None if data.test_y is None else data.test_y.to(self.device)
         self.steps = math.ceil(self.algorithm.n / t.batch_size)
 
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The epoch's order of the training examples. Under torchrun every rank draws the same one from
+        the shared seed, and then seeds its own noise (so a resumed epoch draws what it drew)."""
+        n, group = self.algorithm.n, self.group
+        if not group.active:
+            return torch.randperm(n, device=self.device)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(self.cfg.train.seed, epoch)))
+        torch.manual_seed(epoch_seed(self.cfg.train.seed, epoch, group.rank))
+        return perm.to(self.device)
+
     def epoch(self, epoch: int, quiet: bool = True) -> dict[str, float]:
-        """One pass over the algorithm's training examples in random order (epochs count from 1)."""
-        t, algorithm = self.cfg.train, self.algorithm
+        """One pass over the algorithm's training examples in random order (epochs count from 1); under
+        torchrun each rank steps on its shard of every global batch of ``batch_size``."""
+        t, algorithm, group = self.cfg.train, self.algorithm, self.group
         n, bs = algorithm.n, t.batch_size
         started = time.perf_counter()
-        perm = torch.randperm(n, device=self.device)
+        perm = self.permutation(epoch)
         algorithm.begin_epoch()
         bar = tqdm(total=self.steps, desc=f"epoch {epoch}/{t.epochs}", disable=quiet, leave=False, mininterval=0.5)
         try:
             for step in range(self.steps):
+                batch = perm[step * bs:(step + 1) * bs]
+                idx = group.shard(batch)
+                if group.active:
+                    algorithm.shard_weight = group.world * len(idx) / len(batch)
                 try:
-                    algorithm.step(perm[step * bs:(step + 1) * bs], step, epoch - 1 + step / self.steps)
+                    algorithm.step(idx, step, epoch - 1 + step / self.steps)
                 except TrainingDiverged as e:
                     raise TrainingDiverged(f"{e} at epoch {epoch}, step {step + 1}") from None
                 bar.update()
@@ -190,6 +209,14 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+    def agreed(self, group) -> bool:
+        """Whether to stop at this epoch boundary: under torchrun, when any rank was signalled (every
+        rank then stops at the same boundary and names the signal)."""
+        signum = int(group.all_max(self.signum or 0))
+        if signum and self.signum is None:
+            self.signum = signum
+        return bool(signum)
 
     def handle(self, signum, frame) -> None:
         if self.signum is not None:
@@ -261,37 +288,55 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False, o
         seed_everything(cfg.train.seed)
         data = data or load_dataset(cfg.data)
         trainer = Trainer(cfg, data)
-        for warning in trainer.warnings:
+        main = trainer.group.main  # under torchrun rank 0 alone writes and prints
+        quiet = quiet or not main
+        for warning in trainer.warnings if main else ():
             print(f"aevb: warning: {warning}", file=sys.stderr)
         if stop.signum:
             raise TrainingInterrupted(f"interrupted by {SIGNAL_NAMES[stop.signum]} before training started; "
                                       "nothing was written", stop.signum)
-        if resume:
-            run = Path(out)
-            start = rundir.load_checkpoint(run, trainer.model, trainer.optimizer)
-            rundir.truncate_metrics(run, start)
-            rundir.rewrite_config(run, cfg, meta)
-            rollbacks = (rundir.read_metrics(run)[-1:] or [{}])[0].get("nan_rollbacks") or 0
-        else:
-            run = Path(out) if out else rundir.default_path(cfg)
-            was_there = run.is_dir() and not any(run.iterdir())  # an empty folder the user made: keep it
-            run = rundir.create(run, overwrite)
-            start, rollbacks = 0, 0
         try:
-            if not resume:
-                rundir.write_config(run, cfg, data.x_shape, data.source, data.n_classes)
-            if not quiet:
-                print(f"run directory: {run}", flush=True)
-            finished = run_epochs(trainer, run, start, rollbacks, stop, quiet)
-        except TrainingInterrupted as e:
-            raise interrupted(run, e.signum, abandoned=True) from None
-        except UserError:
-            if not resume and rundir.checkpoint_epoch(run) == 0:  # nothing worth keeping: leave no half-made run
-                for path in ([*run.iterdir()] if was_there else [run]):
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-            raise
-        if not finished:
-            raise interrupted(run, stop.signum, abandoned=False)
+            return _train(trainer, data, out, resume, overwrite, quiet, meta, stop)
+        finally:
+            leave()
+
+
+def _train(trainer: Trainer, data: Dataset, out, resume: bool, overwrite: bool, quiet: bool, meta, stop) -> Path:
+    """The run directory (rank 0 makes it, the others are told where it is) and the epochs."""
+    cfg, group = trainer.cfg, trainer.group
+    if resume:
+        run = Path(out)
+
+        def load() -> int:  # rank 0 first: loading tidies what a killed save left
+            epoch = rundir.load_checkpoint(run, trainer.model, trainer.optimizer)
+            rundir.truncate_metrics(run, epoch)
+            rundir.rewrite_config(run, cfg, meta)
+            return epoch
+        start = group.on_main(load)
+        if not group.main:
+            rundir.load_checkpoint(run, trainer.model, trainer.optimizer)
+        rollbacks = (rundir.read_metrics(run)[-1:] or [{}])[0].get("nan_rollbacks") or 0
+    else:
+        run = Path(out) if out else rundir.default_path(cfg)
+        was_there = run.is_dir() and not any(run.iterdir())  # an empty folder the user made: keep it
+        run = group.on_main(lambda: rundir.create(run, overwrite))
+        start, rollbacks = 0, 0
+    try:
+        if not resume and group.main:
+            rundir.write_config(run, cfg, data.x_shape, data.source, data.n_classes)
+        if not quiet:
+            print(f"run directory: {run}", flush=True)
+        finished = run_epochs(trainer, run, start, rollbacks, stop, quiet)
+    except TrainingInterrupted as e:
+        raise interrupted(run, e.signum, abandoned=True) from None
+    except UserError:
+        if not resume and group.main and rundir.checkpoint_epoch(run) == 0:  # nothing worth keeping: leave no half-made run
+            for path in ([*run.iterdir()] if was_there else [run]):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise
+    if not finished:
+        raise interrupted(run, stop.signum, abandoned=False)
+    group.barrier()
     return run
 
 
@@ -315,7 +360,7 @@ def run_epochs(trainer: Trainer, run: Path, start: int, rollbacks: int, stop: St
     cfg = trainer.cfg
     t = cfg.train
     epoch = start + 1
-    while epoch <= t.epochs and not stop.signum:
+    while epoch <= t.epochs and not stop.agreed(trainer.group):
         snapshot = Snapshot(trainer) if t.on_nan == "rollback" else None
         try:
             record = trainer.epoch(epoch, quiet)
@@ -335,9 +380,9 @@ def run_epochs(trainer: Trainer, run: Path, start: int, rollbacks: int, stop: St
         record |= trainer.test()
         if snapshot is not None:
             record |= {"lr": trainer.optimizer.param_groups[0]["lr"], "nan_rollbacks": rollbacks}
-        # metrics first: killed between the two, a resume truncates the metrics to the checkpoint
-        rundir.append_metrics(run, record)
-        rundir.save_checkpoint(run, trainer.model, trainer.optimizer, epoch)
+        if trainer.group.main:  # metrics first: killed between the two, a resume truncates the metrics to the checkpoint
+            rundir.append_metrics(run, record)
+            rundir.save_checkpoint(run, trainer.model, trainer.optimizer, epoch)
         if not quiet:
             tqdm.write(f"epoch {epoch:>3}/{t.epochs}  train ELBO {record['train_elbo']:9.3f}  "
                        f"test ELBO {record['test_elbo']:9.3f}  test KL {record['test_kl']:7.3f}  "

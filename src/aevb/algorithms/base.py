@@ -18,9 +18,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config
 from ..data import Dataset
+from ..distributed import Group
 from ..errors import ConfigError, TrainingDiverged
 from ..evaluate import elbo_terms
 from ..models import ClassLatent, Classifier, LatentModel, reported_terms
@@ -37,26 +40,45 @@ def default_algorithm(model: LatentModel) -> str:
     return "semi-supervised" if isinstance(model, Classifier) else "sgvb"
 
 
+class _Loss(nn.Module):
+    """An algorithm's ``loss`` as the forward of a module that holds the model, so that
+    DistributedDataParallel, which synchronises gradients of what its forward computed, can wrap it."""
+
+    def __init__(self, model: nn.Module, loss):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, *args):
+        return self.loss(*args)
+
+
 class Algorithm(ABC):
     """One training algorithm for ``model``. Subclasses set ``x`` (the training examples an epoch
-    passes over, on the device) and implement ``step``; ``requires`` is the capability a model
-    needs for it, ``requirement`` says it in words for the error."""
+    passes over, on the device) and implement ``loss`` and ``step``; ``requires`` is the capability
+    a model needs for it, ``requirement`` says it in words for the error. Under torchrun (``group``
+    active) ``forward`` runs ``loss`` through DistributedDataParallel; ``skips_parameters`` says
+    that some steps leave some parameters unused (DDP must then look for them)."""
 
     requires: type = LatentModel
     requirement: str = "a latent-variable model"
+    skips_parameters: bool = False
 
     def __init__(self, cfg: Config, model: LatentModel, optimizer: torch.optim.Optimizer, data: Dataset,
-                 device: torch.device):
+                 device: torch.device, group: Group = Group()):
         t = cfg.train
         if not isinstance(model, self.requires):
             raise ConfigError(f"--algorithm {self.registered_name} trains {self.requirement}; "
                               f"{cfg.model.model} is not one")
         if t.beta_y is not None and not isinstance(model, ClassLatent):
             raise ConfigError(f"--beta-y weighs the KL of M2's class y; {cfg.model.model} has none (use --model m2)")
-        self.cfg, self.model, self.optimizer, self.device = cfg, model, optimizer, device
+        self.cfg, self.model, self.optimizer, self.device, self.group = cfg, model, optimizer, device, group
         self.precision = MixedPrecision(t.precision, device)
         self.precision.wrap(model)
         self.scaler = self.precision.scaler()
+        self.forward = self.loss if not group.active else DistributedDataParallel(
+            _Loss(model, self.loss), device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=self.skips_parameters)
+        self.shard_weight = 1.0  # this rank's share of the global batch × world size (the Trainer sets it)
         self.dynamic = data.binarize == "dynamic"
         self.schedule = SCHEDULES[t.beta_schedule]
         self.terms = reported_terms(model)
@@ -79,8 +101,14 @@ class Algorithm(ABC):
         return Estimator(t.estimator, t.samples, self.beta, t.beta_y)
 
     def update(self, loss: torch.Tensor) -> None:
-        """One optimizer step on ``loss``, refused where it is not finite (the Trainer says where)."""
-        if not torch.isfinite(loss):
+        """One optimizer step on ``loss``, refused where it is not finite on any rank (the Trainer
+        says where). Under DDP each rank's mean is weighted by its share of the global batch, so
+        that the averaged gradient is that of the global batch's mean."""
+        finite = torch.isfinite(loss)
+        if self.group.active:
+            finite = self.group.all_sum((~finite).float().reshape(1)) == 0
+            loss = loss * self.shard_weight
+        if not finite:
             raise TrainingDiverged(f"the loss became {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
@@ -99,13 +127,18 @@ class Algorithm(ABC):
         self.sums += torch.stack([getattr(terms, name).sum() for name in self.terms]).detach()
 
     @abstractmethod
+    def loss(self, *batch):
+        """The loss of one step (a scalar to minimise) and what the step logs."""
+
+    @abstractmethod
     def step(self, idx: torch.Tensor, step: int, progress: float) -> None:
         """One optimisation step on the examples ``x[idx]``, the ``step``-th of its epoch (from 0),
         ``progress`` epochs into the run."""
 
     def end_epoch(self) -> dict[str, float]:
         """The epoch's training metrics: β at its end and the mean bound terms per example."""
-        return {"beta": self.beta} | {f"train_{name}": v for name, v in zip(self.terms, (self.sums / self.n).tolist())}
+        sums = self.group.all_sum(self.sums)  # each rank summed its shards
+        return {"beta": self.beta} | {f"train_{name}": v for name, v in zip(self.terms, (sums / self.n).tolist())}
 
     def test(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         """Test metrics in fp32 whatever the training precision: the mean bound terms under the

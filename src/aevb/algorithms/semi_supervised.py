@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..data import balanced_labels
+from ..distributed import Group
 from ..models import Classifier
 from ..objectives import ELBOTerms, Estimator
 from .base import ALGORITHMS, Algorithm
@@ -48,9 +49,10 @@ class SemiSupervised(Algorithm):
 
     requires = Classifier
     requirement = "models with a classifier q(y|x) (m2, pcvae)"
+    skips_parameters = True  # an unlabelled step leaves the PC-VAE's classifier out
 
-    def __init__(self, cfg, model, optimizer, data, device):
-        super().__init__(cfg, model, optimizer, data, device)
+    def __init__(self, cfg, model, optimizer, data, device, group=Group()):
+        super().__init__(cfg, model, optimizer, data, device, group)
         t = cfg.train
         labelled = balanced_labels(data.train_y, cfg.data.labelled, t.seed)
         unlabelled = torch.ones(len(data.train_x), dtype=torch.bool)
@@ -68,8 +70,11 @@ class SemiSupervised(Algorithm):
         pick = torch.randperm(len(self.x_labelled), device=self.device)[:self.labelled_batch]
         return self.binarize(self.x_labelled[pick]), self.y_labelled[pick]
 
+    def loss(self, x_u, x_l, y_l, estimator: Estimator, labelled_share: float):
+        return semi_supervised_loss(self.model, x_u, x_l, y_l, estimator, self.alpha, labelled_share)
+
     def _train_on(self, x_u, x_l, y_l, estimator: Estimator, labelled_share: float) -> ELBOTerms:
-        loss, terms, class_nll = semi_supervised_loss(self.model, x_u, x_l, y_l, estimator, self.alpha, labelled_share)
+        loss, terms, class_nll = self.forward(x_u, x_l, y_l, estimator, labelled_share)
         self.update(loss)
         if class_nll is not None:
             self.class_nll, self.class_steps = self.class_nll + class_nll.detach(), self.class_steps + 1
@@ -95,7 +100,8 @@ class SemiSupervised(Algorithm):
     def end_epoch(self) -> dict[str, float]:
         """The bound terms of the unlabelled batches (labelled where all are), and the mean
         classification loss -log q(y|x) of the labelled batches."""
-        return super().end_epoch() | {"train_class_nll": self.class_nll.item() / max(self.class_steps, 1)}
+        nll = self.group.all_sum(torch.stack([self.class_nll, torch.tensor(float(self.class_steps), device=self.device)]))
+        return super().end_epoch() | {"train_class_nll": nll[0].item() / max(nll[1].item(), 1)}
 
     def test(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         """The bound terms, and the accuracy of the classifier where the test labels are known."""

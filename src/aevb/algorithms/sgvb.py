@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from ..distributed import Group
 from ..errors import ConfigError
+from ..objectives import ELBOTerms, Estimator
 from .base import ALGORITHMS, Algorithm
 
 SEMI_SUPERVISED_OPTIONS = {"labelled": "--labelled", "labelled_every": "--labelled-every",
@@ -17,8 +19,8 @@ SEMI_SUPERVISED_OPTIONS = {"labelled": "--labelled", "labelled_every": "--labell
 class SGVB(Algorithm):
     """Minimise -mean_i objective(x_i) over minibatches of every training example."""
 
-    def __init__(self, cfg, model, optimizer, data, device):
-        super().__init__(cfg, model, optimizer, data, device)
+    def __init__(self, cfg, model, optimizer, data, device, group=Group()):
+        super().__init__(cfg, model, optimizer, data, device, group)
         for key, flag in SEMI_SUPERVISED_OPTIONS.items():
             section = cfg.data if key == "labelled" else cfg.train
             if getattr(section, key) is not None:
@@ -26,8 +28,11 @@ class SGVB(Algorithm):
                                   f"--algorithm semi-supervised, not {cfg.model.model} trained by sgvb")
         self.x = data.train_x.to(device)
 
+    def loss(self, x: torch.Tensor, estimator: Estimator) -> tuple[torch.Tensor, ELBOTerms]:
+        terms = self.model.elbo(x, estimator)
+        return -terms.objective.mean(), terms
+
     def step(self, idx: torch.Tensor, step: int, progress: float) -> None:
-        x = self.binarize(self.x[idx])
-        terms = self.model.elbo(x, self.estimator_at(progress))
-        self.update(-terms.objective.mean())
+        loss, terms = self.forward(self.binarize(self.x[idx]), self.estimator_at(progress))
+        self.update(loss)
         self.accumulate(terms)

@@ -99,6 +99,7 @@ class Settings:
     train_size: int | None = None
     test_size: int | None = None
     classifier: str = "logistic"  # a key of CLASSIFIERS
+    device: str = "auto"  # where the models train (features and classifiers are computed on the CPU)
     quiet: bool = True
 
     @property
@@ -147,7 +148,7 @@ class Experiment:
         """Train (or reuse, or resume) model ``name`` for this setting; unsupervised models depend on the split only."""
         cfg = Config()
         cfg.data = DataConfig(dataset=dataset) if dataset else self.data_config(labels)  # features: split already
-        for key, value in dict(self.model_settings(name), net=self.s.net, seed=seed).items():
+        for key, value in dict(self.model_settings(name), net=self.s.net, seed=seed, device=self.s.device).items():
             set_key(cfg, key, value)
         supervised = cfg.model.model != "vae"
         if supervised and labels != "all":

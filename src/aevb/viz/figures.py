@@ -101,14 +101,14 @@ def figures_for(model) -> list[str]:
     return [name for name in FIGURES if FIGURES[name].applies_to(model)]
 
 
-def draw_figures(model_or_run, names=None, path=None, *, test_size: int | None = None,
+def draw_figures(model_or_run, names=None, path=None, *, test_size: int | None = None, device="cpu",
                  **options) -> Iterator[tuple[str, Path | None, str | None]]:
     """Draw figures of a run directory or Subject, each into ``path`` (one figure) or RUN/NAME.png,
     passing each the ``options`` it takes (None: its default). With ``names``, those figures, and
     one that cannot be drawn raises DataError; without, every figure that applies to the model
     (``figures_for``). Yields (name, path, None) for each drawn and (name, None, reason) for each
-    that could not be (data that are not images, ...)."""
-    s = subject(model_or_run, test_size=test_size)
+    that could not be (data that are not images, ...). A run's model is loaded onto ``device``."""
+    s = subject(model_or_run, test_size=test_size, device=device)
     for name in names or figures_for(s.model):
         spec = FIGURES[name]
         reason = spec.reason_not(s.model)
@@ -170,16 +170,16 @@ def load_test_split(run: str | Path, n: int | None = None) -> tuple[torch.Tensor
     return data.test_x, data.test_y
 
 
-def subject(model_or_run, x=None, y=None, test_size: int | None = None) -> Subject:
-    """A Subject from a run directory (its model; its test split when a figure needs data and no x
-    is given) or from a model and the data passed with it."""
+def subject(model_or_run, x=None, y=None, test_size: int | None = None, device="cpu") -> Subject:
+    """A Subject from a run directory (its model, loaded onto ``device``; its test split when a figure
+    needs data and no x is given) or from a model and the data passed with it."""
     if isinstance(model_or_run, Subject):
         return model_or_run if x is None else Subject(model_or_run.model, model_or_run.run, x, y)
     if isinstance(model_or_run, (str, Path)):
         from ..api import load
 
         run = Path(model_or_run)
-        return Subject(load(run), run, x, y, test_size)
+        return Subject(load(run, device), run, x, y, test_size)
     if not isinstance(model_or_run, torch.nn.Module):
         raise TypeError(f"expected a run directory or a model, got {type(model_or_run).__name__}")
     return Subject(model_or_run, None, x, y, test_size)

@@ -120,22 +120,24 @@ def _figure_html(name: str, path: Path | None, error: str | None) -> str:
             f"<figcaption>{_e(FIGURES[name].caption)} <code>{_e(path.name)}</code></figcaption></figure>")
 
 
-def write_report(run: str | Path, path: str | Path | None = None, *, test_size: int | None = None) -> Path:
+def write_report(run: str | Path, path: str | Path | None = None, *, test_size: int | None = None,
+                 device="cpu") -> Path:
     """Draw every figure of a run into its directory and write one self-contained HTML page
     (``RUN/report.html`` unless ``path``) with the config, the per-epoch metrics, the evaluation of
     ``eval.json`` where present, the diagnostics (active units, KL per dimension, collapse) and the
-    figures embedded as data URIs. ``test_size``: draw from the first N test images only."""
+    figures embedded as data URIs. ``test_size``: draw from the first N test images only; the model
+    runs on ``device``."""
     from ..api import load
 
     started = time.perf_counter()
     run = Path(run)
     rundir.read_config(run)
     config = json.loads((run / rundir.CONFIG).read_text())
-    model = load(run)
+    model = load(run, device)
     records = rundir.read_metrics(run)
     x, y = load_test_split(run, test_size)
     subject = Subject(model, run, x, y)
-    diag = diagnostics(model, x)
+    diag = diagnostics(model, x.to(device))
     evaluation = None
     if (run / "eval.json").is_file():
         try:
