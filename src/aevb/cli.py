@@ -118,7 +118,8 @@ def cmd_evaluate(args) -> None:
     x, y = load_test_data(run, args.test_size)
     ks = sorted({1, 5, 50, args.k} if args.k >= 50 else {1, args.k})
     result = evaluate(model, x.to(device), ks, samples=args.samples, max_memory=int(args.max_memory * 2**20),
-                      progress=sys.stderr.isatty(), y=None if y is None else y.to(device), precision=args.precision)
+                      progress=sys.stderr.isatty(), y=None if y is None else y.to(device), precision=args.precision,
+                      compile=args.compile)
     write_text(run / "eval.json", json.dumps(result, indent=2) + "\n")
     print(format_evaluation(result))
     print(f"written to {run / 'eval.json'}")
@@ -280,6 +281,8 @@ def build_parser() -> Parser:
     p.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32",
                    help="the networks in bf16 or fp16 (16-mixed: CUDA), everything else fp32 (default 32: fp32 throughout)")
     add_device_flag(p)
+    p.add_argument("--compile", action="store_true", help="compile the importance-sampling pass (torch.compile: "
+                   "~10 s once, then faster passes; worth it for large k)")
     p.add_argument("--max-memory", type=positive_float, default=512,
                    help="MiB at most for one batched decoder pass of many datapoints' samples (default 512; "
                         "on the CPU passes stay under 64 MiB, where they run fastest)")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import torch
 from torch.distributions import (Distribution, Independent, MixtureSameFamily, MultivariateNormal, Normal,
                                  kl_divergence)
 
+from .compiling import compiled, compiler_missing, failure
 from .memory import DEFAULT_MAX_MEMORY, PassCost, chunk_sizes, pass_budget, pass_cost
 from .models import ClassLatent, Classifier, reported_terms
 from .objectives import Estimator
@@ -33,6 +35,23 @@ def _pass(model, x: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Ten
     return torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
 
 
+def sampling_pass(model, x: torch.Tensor, compile: bool) -> tuple[Callable, str | None]:
+    """The importance-sampling pass to use: compiled (one fused kernel for the likelihood and its
+    sums, on a C++ compiler or triton) where asked and possible, else eager; and why not, if not."""
+    if not compile:
+        return _pass, None
+    missing = compiler_missing(x.device)
+    if missing:
+        return _pass, f"--compile needs {missing} on {x.device.type}; evaluated without compiling"
+    run = compiled(_pass)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=range(torch.cuda.device_count()) if x.is_cuda else []):
+            run(model, x[:1], 2)
+    except Exception as e:  # noqa: BLE001  (any failure of the compiler stack: evaluate eagerly)
+        return _pass, f"--compile failed here ({failure(e)}); evaluated without compiling"
+    return run, None
+
+
 def sampling_cost(model, x: torch.Tensor) -> PassCost:
     """The memory of one importance-sampling pass of ``model`` on datapoints like ``x``, measured once."""
     return pass_cost(model, x, _pass)
@@ -40,14 +59,16 @@ def sampling_cost(model, x: torch.Tensor) -> PassCost:
 
 @torch.no_grad()
 def importance_sampled(model, x: torch.Tensor, k: int, max_memory: int = DEFAULT_MAX_MEMORY,
-                       cost: PassCost | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       cost: PassCost | None = None, progress: bool = False,
+                       run_pass: Callable = _pass) -> tuple[torch.Tensor, torch.Tensor]:
     """log p̂(x) = log 1/k Σ_j p(x, z_j)/q(z_j|x), z_j ~ q(z|x) (Burda et al. 2015, eq. 8), and its
     delta-method standard error sqrt(Var(w)/k)/E[w], per datapoint: two float64 tensors of shape (N,).
 
     Streams over chunks of samples with running log-sum-exps of w and w², so memory does not grow
     with k; one pass (datapoints × samples through the decoder) stays within ``max_memory`` bytes
     (and within CPU_PASS_BYTES on the CPU, where larger passes are slower).
-    ``cost`` is ``sampling_cost(model, x)``, measured here when not given; ``progress`` shows a bar.
+    ``cost`` is ``sampling_cost(model, x)``, measured here when not given; ``progress`` shows a bar;
+    ``run_pass`` is the pass (``sampling_pass``: eager or compiled).
     """
     from tqdm.auto import tqdm
 
@@ -62,7 +83,7 @@ def importance_sampled(model, x: torch.Tensor, k: int, max_memory: int = DEFAULT
         lse1 = torch.full((len(xb),), -math.inf, device=x.device, dtype=torch.float64)
         lse2 = lse1.clone()
         for start in range(0, k, chunk):
-            s1, s2 = _pass(model, xb, min(chunk, k - start))
+            s1, s2 = run_pass(model, xb, min(chunk, k - start))
             lse1, lse2 = torch.logaddexp(lse1, s1), torch.logaddexp(lse2, s2)
         log_mean_w = lse1 - math.log(k)
         rel_var = torch.expm1(lse2 - math.log(k) - 2 * log_mean_w).clamp(min=0)  # Var(w)/E[w]²
@@ -234,21 +255,23 @@ def class_metrics(model, x: torch.Tensor, y: torch.Tensor, samples: int = 50, ba
 
 def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
              max_memory: int = DEFAULT_MAX_MEMORY, progress: bool = False, y: torch.Tensor | None = None,
-             precision: str = "32") -> dict:
+             precision: str = "32", compile: bool = False) -> dict:
     """Test-set ELBO (A, and B where a closed-form KL exists), the IWAE bound for every k, the IS
     log-likelihood at the largest k with its standard error, in nats per datapoint and bits/dim,
     the diagnostics (KL per dimension, active units, a collapse warning) and, for a
     semi-supervised model given the labels ``y``, its class metrics. In fp32 unless ``precision``
-    says otherwise (the networks alone then run in bf16 or fp16; see aevb.precision)."""
+    says otherwise (the networks alone then run in bf16 or fp16; see aevb.precision); with
+    ``compile``, the importance-sampling passes compiled (``result["compile"]`` says if not, and why)."""
     with evaluated_in(model, precision, x.device):
         started = time.perf_counter()
-        result = {"n": len(x), "precision": precision, "elbo_A": elbo_terms(model, x, Estimator("A", samples))}
+        run_pass, not_compiled = sampling_pass(model, x, compile)
+        result = {"n": len(x), "precision": precision, "compiled": run_pass is not _pass, "compile": not_compiled, "elbo_A": elbo_terms(model, x, Estimator("A", samples))}
         if model.has_analytic_kl():
             result["elbo_B"] = elbo_terms(model, x, Estimator("B", samples))
         cost = sampling_cost(model, x)
         result["iwae"] = {}
         for k in sorted(ks):
-            log_p, se = importance_sampled(model, x, k, max_memory, cost, progress)
+            log_p, se = importance_sampled(model, x, k, max_memory, cost, progress, run_pass)
             result["iwae"][str(k)] = log_p.mean().item()
         k_max = max(ks)
         batch, chunk = chunk_sizes(cost, k_max, len(x), pass_budget(max_memory, x.device))
@@ -291,7 +314,10 @@ def format_evaluation(r: dict) -> str:
         if d["warning"]:
             lines.append(f"warning: {d['warning']}")
     if "seconds" in r:
-        lines.append(f"evaluated in {r['seconds']:.1f} s, precision {r.get('precision', '32')}")
+        lines.append(f"evaluated in {r['seconds']:.1f} s, precision {r.get('precision', '32')}"
+                     + (", compiled" if r.get("compiled") else ""))
+    if r.get("compile"):
+        lines.append(f"warning: {r['compile']}")
     return "\n".join(lines)
 
 

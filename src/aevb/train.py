@@ -4,7 +4,6 @@ once per epoch. What one step does belongs to the training algorithm (``aevb.alg
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import os
 import random
@@ -29,6 +28,7 @@ from .errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserErro
 from .models import MODELS, build_model
 from .nets import ACTIVATIONS, NETS
 from .objectives import ESTIMATORS, SCHEDULES
+from .compiling import compile_networks
 from .precision import check_precision
 from .registry import Registry
 
@@ -79,29 +79,6 @@ def resolve_device(name: str) -> torch.device:
     except (RuntimeError, AssertionError) as e:
         raise ConfigError(f"device {name!r} is not usable here ({str(e).splitlines()[0]}); use --device cpu or auto") from None
     return device
-
-
-def compile_networks(model, x: torch.Tensor) -> str | None:
-    """torch.compile each of the model's networks in place (the state dict keeps its keys), compiled
-    on a first bound of ``x``. Where the platform's compiler is missing or fails, the networks stay
-    eager and the returned warning says why."""
-    device = x.device.type
-    missing = (None if device != "cpu" or any(shutil.which(c) for c in ("c++", "g++", "clang++")) else "a C++ compiler")
-    if device == "cuda" and importlib.util.find_spec("triton") is None:
-        missing = "triton"
-    if missing:
-        return f"--compile needs {missing} on {device}, which is not installed here; training without compiling"
-    nets = model.networks()
-    for net in nets:
-        net.compile()
-    try:
-        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device == "cuda" else []):
-            model.elbo(x)
-    except Exception as e:  # noqa: BLE001  (any failure of the compiler stack means the same: run eagerly)
-        for net in nets:
-            net._compiled_call_impl = None
-        return f"--compile failed here ({type(e).__name__}: {str(e).splitlines()[0][:160]}); training without compiling"
-    return None
 
 
 def seed_everything(seed: int) -> None:
