@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import shutil
+import sys
+from typing import Callable
 
 import torch
 
@@ -26,24 +28,30 @@ def failure(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
 
 
-def compile_networks(model, x: torch.Tensor) -> str | None:
-    """torch.compile each of the model's networks in place (the state dict keeps its keys), compiled
-    on a first bound of ``x`` (RNG untouched). Where the platform's compiler is missing or fails, the
-    networks stay eager and the returned warning says why."""
-    missing = compiler_missing(x.device)
-    if missing:
-        return f"--compile needs {missing} on {x.device.type}, which is not installed here; training without compiling"
-    nets = model.networks()
-    for net in nets:
-        net.compile()
-    try:
-        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if x.device.type == "cuda" else []):
-            model.elbo(x)
-    except Exception as e:  # noqa: BLE001  (any failure of the compiler stack means the same: run eagerly)
-        for net in nets:
-            net._compiled_call_impl = None
-        return f"--compile failed here ({failure(e)}); training without compiling"
-    return None
+class CompiledLoss:
+    """An algorithm's loss under torch.compile: forward and backward traced and fused as one graph
+    (AOTAutograd), the random draws left to torch's own generator (``fallback_random``) so that a
+    compiled run draws what an eager one does. Where the first compiled call fails, it says so in
+    one line and computes eagerly from then on."""
+
+    def __init__(self, loss: Callable):
+        import torch._inductor.config as inductor
+
+        inductor.fallback_random = True
+        self.eager, self.run, self.tried = loss, torch.compile(loss), False
+
+    def __call__(self, *args):
+        if self.tried:
+            return self.run(*args)
+        self.tried = True
+        state = torch.get_rng_state()
+        try:
+            return self.run(*args)
+        except Exception as e:  # noqa: BLE001  (any failure of the compiler stack means the same: run eagerly)
+            print(f"aevb: warning: --compile failed here ({failure(e)}); training without compiling", file=sys.stderr)
+            torch.set_rng_state(state)
+            self.run = self.eager
+            return self.eager(*args)
 
 
 @functools.cache

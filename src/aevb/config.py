@@ -70,7 +70,7 @@ class TrainConfig:
     cycle_ratio: float = 0.5
     device: str = "auto"
     precision: str = "32"  # 32, bf16-mixed or 16-mixed (CUDA): the networks under autocast, everything else fp32
-    compile: bool = False  # torch.compile the networks
+    compile: bool = False  # torch.compile the training loss, forward and backward
     eval_batch_size: int = 1000
     on_nan: str = "stop"  # a NaN/Inf loss: stop (keeping the last good checkpoint) or roll back and lower lr
     nan_lr_factor: float = 0.1  # rollback multiplies the learning rate by this

@@ -28,7 +28,6 @@ from .errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserErro
 from .models import MODELS, build_model
 from .nets import ACTIVATIONS, NETS
 from .objectives import ESTIMATORS, SCHEDULES
-from .compiling import compile_networks
 from .precision import check_precision
 from .registry import Registry
 
@@ -107,8 +106,7 @@ class Trainer:
         self.optimizer = OPTIMIZERS[t.optimizer](self.model.parameters(), lr=t.lr)
         t.algorithm = t.algorithm or default_algorithm(self.model)
         self.algorithm = ALGORITHMS[t.algorithm](cfg, self.model, self.optimizer, data, self.device, self.group)
-        self.warnings = [w for w in (check_precision(t.precision, self.device),
-                                     compile_networks(self.model, self.algorithm.x[:2]) if t.compile else None) if w]
+        self.warnings = [w for w in (check_precision(t.precision, self.device),) if w] + self.algorithm.warnings
         self.x_test = data.test_x.to(self.device)
         self.y_test = None if data.test_y is None else data.test_y.to(self.device)
         self.steps = math.ceil(self.algorithm.n / t.batch_size)

@@ -8,7 +8,8 @@ data on the device, the epoch's permutation, checkpoints, resume, signals and th
 it calls ``begin_epoch``, ``step`` for each batch and ``end_epoch``, then ``test``.
 
 Precision is the algorithm's too: ``--precision`` wraps the model's networks once (see
-``aevb.precision``), ``update`` scales fp16 losses, and test passes run in fp32.
+``aevb.precision``), ``update`` scales fp16 losses, and test passes run in fp32; ``--compile``
+compiles its ``loss`` (see ``aevb.compiling``).
 
 β and the estimator reach the model as one value, ``estimator_at(progress)``: an ``Estimator``
 with the configured name and samples and the scheduled β.
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..compiling import CompiledLoss, compiler_missing
 from ..config import Config
 from ..data import Dataset
 from ..distributed import Group
@@ -75,8 +77,12 @@ class Algorithm(ABC):
         self.precision = MixedPrecision(t.precision, device)
         self.precision.wrap(model)
         self.scaler = self.precision.scaler()
-        self.forward = self.loss if not group.active else DistributedDataParallel(
-            _Loss(model, self.loss), device_ids=[device] if device.type == "cuda" else None,
+        missing = compiler_missing(device) if t.compile else None
+        self.warnings = [f"--compile needs {missing} on {device.type}, which is not installed here; "
+                         "training without compiling"] if missing else []
+        loss = CompiledLoss(self.loss) if t.compile and not missing else self.loss
+        self.forward = loss if not group.active else DistributedDataParallel(
+            _Loss(model, loss), device_ids=[device] if device.type == "cuda" else None,
             find_unused_parameters=self.skips_parameters)
         self.shard_weight = 1.0  # this rank's share of the global batch × world size (the Trainer sets it)
         self.dynamic = data.binarize == "dynamic"

@@ -74,8 +74,8 @@ class LatentModel(nn.Module, ABC):
         return self._analytic_kl
 
     def networks(self) -> list[nn.Module]:
-        """The neural networks of the model, the modules that ``--precision`` runs under autocast and
-        ``--compile`` compiles: every child module but ``likelihood`` and ``prior_net``."""
+        """The neural networks of the model, the modules that ``--precision`` runs under autocast:
+        every child module but ``likelihood`` and ``prior_net``."""
         return [m for name, m in self.named_children() if name not in ("likelihood", "prior_net")]
 
     @abstractmethod
