@@ -187,6 +187,25 @@ def cmd_report(args) -> None:
     print(f"wrote {write_report(args.run, args.out, test_size=args.test_size, device=device_of(args))}")
 
 
+def cmd_impute(args) -> None:
+    from .api import load
+    from .data import load_dataset
+    from .experiments.imputation import METHODS, compare, format_record, write
+    from .rundir import read_config
+
+    run = Path(args.run)
+    cfg, _ = read_config(run)
+    model = load(run, device_of(args))
+    cfg.data.test_size = args.test_size
+    data = load_dataset(cfg.data)
+    methods = METHODS if args.method == "all" else (args.method,)
+    record, fills, missing = compare(model, data.test_x, data.train_x, args.mask, methods, args.samples,
+                                     args.sweeps, args.seed)
+    json_path, png = write(run, record, fills, data.test_x, missing)
+    print(format_record(record))
+    print(f"wrote {json_path} and {png}")
+
+
 def lab_names() -> str:
     """The registered lab demonstrations with the first line of their docstrings, for --help."""
     try:
@@ -324,6 +343,22 @@ def build_parser() -> Parser:
     p.add_argument("--test-size", type=positive_int, help="draw the figures from the first N test images only")
     add_device_flag(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("impute", help="fill missing pixels of test images with the model as the prior (inpainting)",
+                       description="Fill the pixels that --mask hides in test images, by pseudo-Gibbs (Rezende et al. "
+                       "2014), Metropolis-within-Gibbs (Mattei & Frellsen 2018) and self-normalised importance sampling, "
+                       "against the training mean image and scikit-learn's KNNImputer; the error on the missing pixels "
+                       "goes to RUN/impute-MASK.json and a figure to RUN/impute-MASK.png.")
+    p.add_argument("run")
+    p.add_argument("--mask", required=True, help="random-<fraction>, top-half, bottom-half, left-half, right-half, "
+                   "center-<size>, or a .npy/.png mask of the image's size (non-zero: missing)")
+    p.add_argument("--method", default="all", choices=["all", "pseudo-gibbs", "metropolis-gibbs", "importance"])
+    p.add_argument("--test-size", type=positive_int, default=300, help="test images to fill (default 300)")
+    p.add_argument("--samples", type=positive_int, default=5000, help="importance samples per image (default 5000)")
+    p.add_argument("--sweeps", type=positive_int, default=50, help="sweeps of the Gibbs chains (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="the random mask and the samplers' seed")
+    add_device_flag(p)
+    p.set_defaults(func=cmd_impute)
 
     p = sub.add_parser("lab", help="numerical demonstrations of the theory ('aevb lab --help' lists them)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -86,6 +86,32 @@ def _diagnostics(d: dict, n: int) -> str:
     return out
 
 
+def _imputations(run: Path) -> str:
+    """The tables and figures that ``aevb impute`` left in the run directory."""
+    parts = []
+    for file in sorted(run.glob("impute-*.json")):
+        try:
+            r = json.loads(file.read_text())
+            results = sorted(r["results"].items(), key=lambda kv: kv[1])
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+            continue
+        rows = [[_e(name), _num(v, 5)] + ([_num(r["psnr"][name], 2)] if "psnr" in r else []) for name, v in results]
+        header = ["method", f"{r['metric']} on the missing pixels"] + (["PSNR (dB)"] if "psnr" in r else [])
+        parts.append(f"<h3>mask {_e(r['mask'])}</h3><p>{r.get('n', '?')} test images; lower is better.</p>"
+                     + _table(header, rows, {1, 2}))
+        png = file.with_suffix(".png")
+        if png.is_file():
+            w, h = png_size(png)
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(png.stem)}" width="{w}" height="{h}">'
+                         "<figcaption>Each row: a test image, the masked input (missing pixels grey), then each method's "
+                         f"and baseline's fill, in the order of the JSON file. <code>{_e(png.name)}</code></figcaption></figure>")
+    if not parts:
+        return (f'<p class="note">None yet: <code>aevb impute {_e(run)} --mask random-0.5</code> fills missing pixels '
+                "with the model as the prior, against the mean image and KNNImputer.</p>")
+    return "".join(parts)
+
+
 def _metrics(records: list[dict]) -> str:
     if not records:
         return '<p class="note">No finished epoch yet.</p>'
@@ -177,6 +203,8 @@ in {time.perf_counter() - started:.1f} s.</p>
 {_metrics(records)}
 <h2>Figures</h2>
 {''.join(sections)}
+<h2>Inpainting</h2>
+{_imputations(run)}
 <h2>Configuration</h2>
 {_config(config)}
 </body>

@@ -1,0 +1,199 @@
+"""Missing data with a trained model as the prior over x: E[x_miss | x_obs] under p(x) = ∫ p(x|z) p(z) dz.
+
+Three estimators, for any model that decodes z alone into a likelihood that factorises over
+pixels (p(x|z) = Π_i p(x_i|z), an ``Independent`` of per-pixel distributions, as every aevb
+likelihood is), with ``missing`` a boolean mask of x's shape (True where a pixel is missing):
+
+  pseudo-gibbs      Rezende et al. 2014: alternate z ~ q(z|x̂) and x̂_miss ~ p(x_miss|z). Exact only
+                    where q(z|x) is the true posterior; otherwise its chain drifts.
+  metropolis-gibbs  Mattei & Frellsen 2018: the same proposal z' ~ q(z|x̂), accepted with probability
+                    min(1, p(x̂|z') p(z') q(z|x̂) / [p(x̂|z) p(z) q(z'|x̂)]); the chain then leaves
+                    p(z, x_miss | x_obs) invariant, whatever q is.
+  importance        self-normalised importance sampling over z for p(z|x_obs) ∝ p(x_obs|z) p(z),
+                    proposal q(z|x̂) with x̂ filled by a few pseudo-Gibbs sweeps:
+                    E[x_miss|x_obs] ≈ Σ_k w_k E[x_miss|z_k] / Σ_k w_k, w_k = p(x_obs|z_k) p(z_k) / q(z_k|x̂).
+
+The chains estimate E[x_miss|x_obs] by the mean of E[x_miss|z_t] over their second half (a
+Rao-Blackwellised average: the decoder's mean rather than the sampled pixels).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.distributions import Independent
+
+from ..errors import DataError
+
+METHODS = ("pseudo-gibbs", "metropolis-gibbs", "importance")
+HALVES = {"top-half", "bottom-half", "left-half", "right-half"}
+
+
+def make_mask(spec: str, x_shape: tuple[int, ...], n: int, seed: int = 0) -> torch.Tensor:
+    """A boolean mask (n, *x_shape), True where a pixel is missing, from ``spec``: ``random-<fraction>``
+    (each pixel of each image missing with that probability, drawn by ``seed``), ``top-half``,
+    ``bottom-half``, ``left-half``, ``right-half``, ``center-<size>`` (a size × size square in the
+    middle) or the path of a .npy or .png mask of the image's shape (non-zero: missing)."""
+    shape = tuple(x_shape)
+    if len(shape) != 3:
+        raise DataError(f"masks apply to images (C, H, W); this run's data have shape {shape}")
+    _, h, w = shape
+    grid = torch.zeros(h, w, dtype=torch.bool)
+    if spec.startswith("random-"):
+        try:
+            p = float(spec[len("random-"):])
+        except ValueError:
+            p = -1.0
+        if not 0 < p < 1:
+            raise DataError(f"--mask {spec}: the fraction after 'random-' must be a number in (0, 1), e.g. random-0.5")
+        g = torch.Generator().manual_seed(seed)
+        mask = torch.rand((n, *shape), generator=g) < p
+    else:
+        if spec in HALVES:
+            rows, cols = {"top-half": (slice(0, h // 2), slice(None)), "bottom-half": (slice(h - h // 2, h), slice(None)),
+                          "left-half": (slice(None), slice(0, w // 2)), "right-half": (slice(None), slice(w - w // 2, w))}[spec]
+            grid[rows, cols] = True
+        elif spec.startswith("center-"):
+            size = spec[len("center-"):]
+            if not size.isdigit() or not 0 < int(size) < min(h, w):
+                raise DataError(f"--mask {spec}: the size after 'center-' must be a whole number from 1 to {min(h, w) - 1}")
+            size = int(size)
+            top, left = (h - size) // 2, (w - size) // 2
+            grid[top:top + size, left:left + size] = True
+        else:
+            grid = read_mask_file(Path(spec), (h, w))
+        mask = grid.expand(n, shape[0], h, w).clone()
+    check_mask(mask, spec)
+    return mask
+
+
+def read_mask_file(path: Path, hw: tuple[int, int]) -> torch.Tensor:
+    """An (H, W) mask from a .npy array or a .png image; non-zero is missing."""
+    how = ("give random-<fraction>, top-half, bottom-half, left-half, right-half, center-<size>, "
+           f"or a .npy/.png mask of {hw[0]}×{hw[1]} pixels")
+    if not path.is_file():
+        raise DataError(f"--mask {path} is neither a mask name nor a file; {how}")
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif path.suffix == ".png":
+            from PIL import Image
+
+            array = np.asarray(Image.open(path).convert("L"))
+        else:
+            raise DataError(f"--mask {path}: mask files are .npy or .png; {how}")
+    except DataError:
+        raise
+    except Exception as e:  # unreadable or not an array: the same to a user
+        raise DataError(f"--mask {path} cannot be read as a mask ({type(e).__name__}); {how}") from None
+    array = np.squeeze(np.asarray(array))
+    if array.shape != hw:
+        raise DataError(f"--mask {path} has shape {array.shape}, but the images are {hw[0]}×{hw[1]}; {how}")
+    return torch.from_numpy(array != 0)
+
+
+def check_mask(mask: torch.Tensor, spec: str) -> None:
+    if not mask.any():
+        raise DataError(f"--mask {spec} leaves no pixel missing, so there is nothing to impute")
+    if mask.flatten(1).all(1).any():
+        raise DataError(f"--mask {spec} hides every pixel of an image, so nothing is observed to condition on")
+
+
+def pixel_likelihood(model, z: torch.Tensor):
+    """p(x|z) as per-pixel distributions (the base of the decoder's Independent), for masked sums."""
+    p = model.decode(z)
+    if not isinstance(p, Independent):
+        raise DataError(f"imputation needs a likelihood that factorises over pixels; {type(p).__name__} does not")
+    return p.base_dist
+
+
+def _observed_log_lik(model, z, x, observed) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(x_obs|z) summed over the observed pixels, and E[x|z]; z (..., N, d), x and observed (N, *x_shape)."""
+    p = pixel_likelihood(model, z)
+    return (p.log_prob(x) * observed).flatten(-len(x.shape) + 1).sum(-1), p.mean
+
+
+def _fill(x, missing, values):
+    return torch.where(missing, values, x)
+
+
+@torch.no_grad()
+def pseudo_gibbs(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int = 50) -> torch.Tensor:
+    """Rezende et al. 2014: x̂ ← [x_obs, x_miss ~ p(x_miss|z)], z ~ q(z|x̂), started from the decoded
+    mean at z ~ q(z|x with missing pixels at 0.5); the mean of E[x|z_t] over the second half."""
+    x_hat = _fill(x, missing, torch.full_like(x, 0.5))
+    total, count = torch.zeros_like(x), 0
+    for t in range(sweeps):
+        z = model.encode(x_hat).sample()
+        p = pixel_likelihood(model, z)
+        x_hat = _fill(x, missing, p.sample())
+        if t >= sweeps // 2:
+            total, count = total + p.mean, count + 1
+    return _fill(x, missing, total / count)
+
+
+@torch.no_grad()
+def metropolis_gibbs(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int = 50, warmup: int = 5) -> torch.Tensor:
+    """Mattei & Frellsen 2018, Metropolis-within-Gibbs: propose z' ~ q(z|x̂), accept with probability
+    min(1, p(x̂|z') p(z') q(z|x̂) / [p(x̂|z) p(z) q(z'|x̂)]), then x̂_miss ~ p(x_miss|z). Invariant for
+    p(z, x_miss | x_obs); started after ``warmup`` pseudo-Gibbs steps; the mean of E[x|z_t] over the
+    second half of ``sweeps``."""
+    everything = torch.ones_like(missing)
+    prior = model.prior()
+    x_hat = _fill(x, missing, torch.full_like(x, 0.5))
+    for _ in range(warmup):  # pseudo-Gibbs steps to a plausible start (a chain's start does not change its target)
+        x_hat = _fill(x, missing, pixel_likelihood(model, model.encode(x_hat).sample()).sample())
+    z = model.encode(x_hat).sample()
+    total, count = torch.zeros_like(x), 0
+    for t in range(sweeps):
+        q = model.encode(x_hat)
+        z_new = q.sample()
+        (lik_new, _), (lik, _) = (_observed_log_lik(model, zz, x_hat, everything) for zz in (z_new, z))
+        log_ratio = (lik_new + prior.log_prob(z_new) - q.log_prob(z_new)) - (lik + prior.log_prob(z) - q.log_prob(z))
+        accept = torch.rand_like(log_ratio).log() < log_ratio
+        z = torch.where(accept.unsqueeze(-1), z_new, z)
+        p = pixel_likelihood(model, z)
+        x_hat = _fill(x, missing, p.sample())
+        if t >= sweeps // 2:
+            total, count = total + p.mean, count + 1
+    return _fill(x, missing, total / count)
+
+
+@torch.no_grad()
+def importance(model, x: torch.Tensor, missing: torch.Tensor, samples: int = 5000, sweeps: int = 5,
+               chunk: int = 500) -> torch.Tensor:
+    """Self-normalised importance sampling of E[x_miss|x_obs] = E_{p(z|x_obs)}[E[x_miss|z]]: proposal
+    q(z|x̂), x̂ filled by ``sweeps`` pseudo-Gibbs sweeps; weights p(x_obs|z) p(z) / q(z|x̂); the
+    ``samples`` draws stream in chunks with a running log-sum-exp, so memory does not grow with k."""
+    observed = ~missing
+    x_hat = pseudo_gibbs(model, x, missing, sweeps) if sweeps else _fill(x, missing, torch.full_like(x, 0.5))
+    q, prior = model.encode(x_hat), model.prior()
+    log_total = torch.full((len(x),), -math.inf, device=x.device, dtype=torch.float64)
+    weighted = torch.zeros_like(x, dtype=torch.float64)
+    for start in range(0, samples, chunk):
+        z = q.sample((min(chunk, samples - start),))
+        lik, mean = _observed_log_lik(model, z, x, observed)
+        log_w = (lik + prior.log_prob(z) - q.log_prob(z)).double()  # (c, N)
+        new_total = torch.logaddexp(log_total, torch.logsumexp(log_w, 0))
+        scale = torch.exp(log_total - new_total).nan_to_num(0.0)  # exp(-inf - x) = 0 at the first chunk
+        w = torch.exp(log_w - new_total)  # (c, N)
+        view = (-1,) + (1,) * (x.dim() - 1)
+        weighted = weighted * scale.view(view) + (w.view(*w.shape, *(1,) * (x.dim() - 1)) * mean.double()).sum(0)
+        log_total = new_total
+    return _fill(x, missing, weighted.to(x.dtype))
+
+
+IMPUTERS = {"pseudo-gibbs": pseudo_gibbs, "metropolis-gibbs": metropolis_gibbs, "importance": importance}
+
+
+def impute(model, x: torch.Tensor, missing: torch.Tensor, method: str = "importance", **options) -> torch.Tensor:
+    """x with its ``missing`` pixels replaced by the estimate of E[x_miss|x_obs] by ``method``
+    (one of METHODS; see the module docstring), in batches of the images given."""
+    if method not in IMPUTERS:
+        raise DataError(f"unknown imputation method {method!r}; choose one of: {', '.join(METHODS)}")
+    if missing.shape != x.shape:
+        raise DataError(f"the mask has shape {tuple(missing.shape)} but the images {tuple(x.shape)}")
+    model.eval()
+    return IMPUTERS[method](model, x, missing.to(x.device), **options)
