@@ -206,6 +206,38 @@ def cmd_impute(args) -> None:
     print(f"wrote {json_path} and {png}")
 
 
+def restoration_inputs(args):
+    """The model of a run on --device, its first --test-size test images and the run directory."""
+    from .api import load
+    from .rundir import read_config
+
+    run = Path(args.run)
+    read_config(run)
+    x, _ = load_test_data(run, args.test_size)
+    return load(run, device_of(args)), x, run
+
+
+def cmd_denoise(args) -> None:
+    from .experiments.restoration import denoising, format_record, parse_noise, write
+
+    parse_noise(args.noise)  # a bad level fails before anything is loaded
+    model, x, run = restoration_inputs(args)
+    record, images = denoising(model, x, args.noise, args.samples, args.seed)
+    paths = write(run, f"denoise-{args.noise}", record, x, images)
+    print(format_record(f"denoising ({args.noise}, median filter of size {record['median_filter_size']})", record))
+    print(f"wrote {paths[0]} and {paths[1]}")
+
+
+def cmd_superres(args) -> None:
+    from .experiments.restoration import format_record, super_resolution, write
+
+    model, x, run = restoration_inputs(args)
+    record, images = super_resolution(model, x, args.factor, args.samples, args.seed)
+    paths = write(run, f"superres-x{args.factor}", record, x, images)
+    print(format_record(f"super-resolution ×{args.factor}", record))
+    print(f"wrote {paths[0]} and {paths[1]}")
+
+
 def lab_names() -> str:
     """The registered lab demonstrations with the first line of their docstrings, for --help."""
     try:
@@ -359,6 +391,22 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0, help="the random mask and the samplers' seed")
     add_device_flag(p)
     p.set_defaults(func=cmd_impute)
+
+    for name, func, what in (("denoise", cmd_denoise, "remove Gaussian noise from test images with the model as the prior"),
+                             ("superres", cmd_superres, "upsample average-pooled test images with the model as the prior")):
+        p = sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + " (the posterior mean of the clean "
+                           "image by importance sampling over z), against classical baselines; PSNR into RUN/*.json "
+                           "and a figure into RUN/*.png.")
+        p.add_argument("run")
+        if name == "denoise":
+            p.add_argument("--noise", required=True, help="gaussian-<σ>, σ in (0, 1], e.g. gaussian-0.3")
+        else:
+            p.add_argument("--factor", type=positive_int, required=True, help="2 or 4 for 28×28 images: the block size of the pooling")
+        p.add_argument("--test-size", type=positive_int, default=300, help="test images (default 300)")
+        p.add_argument("--samples", type=positive_int, default=2000, help="importance samples per image (default 2000)")
+        p.add_argument("--seed", type=int, default=0)
+        add_device_flag(p)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("lab", help="numerical demonstrations of the theory ('aevb lab --help' lists them)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)

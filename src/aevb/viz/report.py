@@ -86,29 +86,37 @@ def _diagnostics(d: dict, n: int) -> str:
     return out
 
 
-def _imputations(run: Path) -> str:
-    """The tables and figures that ``aevb impute`` left in the run directory."""
+RESTORATIONS = {"impute": ("mask", "inpainting"), "denoise": ("noise", "denoising"), "superres": ("factor", "super-resolution")}
+
+
+def _restorations(run: Path) -> str:
+    """The tables and figures that ``aevb impute``, ``denoise`` and ``superres`` left in the run directory."""
     parts = []
-    for file in sorted(run.glob("impute-*.json")):
-        try:
-            r = json.loads(file.read_text())
-            results = sorted(r["results"].items(), key=lambda kv: kv[1])
-        except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
-            continue
-        rows = [[_e(name), _num(v, 5)] + ([_num(r["psnr"][name], 2)] if "psnr" in r else []) for name, v in results]
-        header = ["method", f"{r['metric']} on the missing pixels"] + (["PSNR (dB)"] if "psnr" in r else [])
-        parts.append(f"<h3>mask {_e(r['mask'])}</h3><p>{r.get('n', '?')} test images; lower is better.</p>"
-                     + _table(header, rows, {1, 2}))
-        png = file.with_suffix(".png")
-        if png.is_file():
-            w, h = png_size(png)
-            data = base64.b64encode(png.read_bytes()).decode("ascii")
-            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(png.stem)}" width="{w}" height="{h}">'
-                         "<figcaption>Each row: a test image, the masked input (missing pixels grey), then each method's "
-                         f"and baseline's fill, in the order of the JSON file. <code>{_e(png.name)}</code></figcaption></figure>")
+    for command, (key, what) in RESTORATIONS.items():
+        for file in sorted(run.glob(f"{command}-*.json")):
+            try:
+                r = json.loads(file.read_text())
+                psnr_only = r["metric"] == "psnr"
+                results = sorted(r["results"].items(), key=lambda kv: -kv[1] if psnr_only else kv[1])
+            except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+                continue
+            rows = [[_e(name), _num(v, 2 if psnr_only else 5)] + ([_num(r["psnr"][name], 2)] if "psnr" in r else [])
+                    for name, v in results]
+            header = ["method", "PSNR (dB), higher is better" if psnr_only else f"{r['metric']} on the missing pixels, "
+                      "lower is better"] + (["PSNR (dB)"] if "psnr" in r else [])
+            parts.append(f"<h3>{what}, {key} {_e(r[key])}</h3><p>{r.get('n', '?')} test images.</p>"
+                         + _table(header, rows, {1, 2}))
+            png = file.with_suffix(".png")
+            if png.is_file():
+                w, h = png_size(png)
+                data = base64.b64encode(png.read_bytes()).decode("ascii")
+                parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(png.stem)}" width="{w}" '
+                             f'height="{h}"><figcaption>Each row: a test image, then {"the masked input (missing pixels grey) and " if command == "impute" else ""}'
+                             f"each answer, in the order of the JSON file. <code>{_e(png.name)}</code></figcaption></figure>")
     if not parts:
-        return (f'<p class="note">None yet: <code>aevb impute {_e(run)} --mask random-0.5</code> fills missing pixels '
-                "with the model as the prior, against the mean image and KNNImputer.</p>")
+        return (f'<p class="note">None yet: <code>aevb impute {_e(run)} --mask random-0.5</code>, <code>aevb denoise '
+                f"{_e(run)} --noise gaussian-0.3</code> and <code>aevb superres {_e(run)} --factor 4</code> use the model "
+                "as the prior over images, against classical baselines.</p>")
     return "".join(parts)
 
 
@@ -203,8 +211,8 @@ in {time.perf_counter() - started:.1f} s.</p>
 {_metrics(records)}
 <h2>Figures</h2>
 {''.join(sections)}
-<h2>Inpainting</h2>
-{_imputations(run)}
+<h2>Inpainting, denoising, super-resolution</h2>
+{_restorations(run)}
 <h2>Configuration</h2>
 {_config(config)}
 </body>
