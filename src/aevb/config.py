@@ -50,6 +50,8 @@ class ModelConfig:
     likelihood_scale: str = "shared"
     likelihood_scale_init: float = 1.0
     init_std: typing.Optional[float] = None
+    theta: str = "ml"  # the decoder's parameters: ml (a point), map (with a Gaussian prior) or vb (a Gaussian q(θ)); see models/theta.py
+    theta_prior_scale: float = 1.0  # p(θ) = N(0, scale²) on each decoder weight and bias (map, vb)
 
 
 @dataclass
@@ -109,7 +111,8 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 POSITIVE_ITEMS = {"hidden", "conv_channels"}  # layer sizes: every item of the list
 POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs", "batch_size", "samples",
             "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
-            "nan_retries", "labelled", "labelled_batch_size", "labelled_weight", "labelled_every"}
+            "nan_retries", "labelled", "labelled_batch_size", "labelled_weight", "labelled_every",
+            "theta_prior_scale"}
 NON_NEGATIVE = {"beta", "beta_y", "warmup_epochs", "alpha"}
 AT_MOST_ONE = {"cycle_ratio": "(0, 1]", "labelled_weight": "(0, 1]"}  # fractions: upper bound inclusive
 BELOW_ONE = {"nan_lr_factor": "(0, 1)"}  # fractions: upper bound exclusive
@@ -117,7 +120,8 @@ BINARIZE = ("none", "dynamic", "static")
 ON_NAN = ("stop", "rollback")
 SPLITS = ("standard", "80/20")
 PRECISION = ("32", "bf16-mixed", "16-mixed")
-CHOICES = {"binarize": BINARIZE, "on_nan": ON_NAN, "split": SPLITS, "precision": PRECISION}  # fixed choices (registered names are checked by their registry)
+THETA = ("ml", "map", "vb")
+CHOICES = {"binarize": BINARIZE, "on_nan": ON_NAN, "split": SPLITS, "precision": PRECISION, "theta": THETA}  # fixed choices (registered names are checked by their registry)
 
 
 def field_types() -> dict[str, tuple[str, type]]:

@@ -29,6 +29,7 @@ from ..distributed import Group
 from ..errors import ConfigError, TrainingDiverged
 from ..evaluate import elbo_terms
 from ..models import ClassLatent, Classifier, LatentModel, reported_terms
+from ..models.theta import theta_penalty
 from ..objectives import SCHEDULES, ELBOTerms, Estimator
 from ..precision import MixedPrecision
 from ..registry import Registry
@@ -85,6 +86,7 @@ class Algorithm(ABC):
             _Loss(model, loss), device_ids=[device] if device.type == "cuda" else None,
             find_unused_parameters=self.skips_parameters)
         self.shard_weight = 1.0  # this rank's share of the global batch × world size (the Trainer sets it)
+        self.theta = (cfg.model.theta, cfg.model.theta_prior_scale, len(data.train_x))
         self.dynamic = data.binarize == "dynamic"
         self.schedule = SCHEDULES[t.beta_schedule]
         self.terms = reported_terms(model)
@@ -107,13 +109,19 @@ class Algorithm(ABC):
         return Estimator(t.estimator, t.samples, self.beta, t.beta_y)
 
     def update(self, loss: torch.Tensor) -> None:
-        """One optimizer step on ``loss``, refused where it is not finite on any rank (the Trainer
-        says where). Under DDP each rank's mean is weighted by its share of the global batch, so
-        that the averaged gradient is that of the global batch's mean."""
+        """One optimizer step on ``loss`` plus the θ term of ``--theta`` (models/theta.py), refused
+        where it is not finite on any rank (the Trainer says where). Under DDP each rank's mean is
+        weighted by its share of the global batch, so that the averaged gradient is that of the
+        global batch's mean."""
+        if self.group.active:
+            loss = loss * self.shard_weight
+        penalty = theta_penalty(self.model, *self.theta)  # -log p(θ)/N or KL(q(θ)‖p(θ))/N: the same on every rank
+        if penalty is not None:
+            loss = loss + penalty
+            self.theta_term = penalty.detach()
         finite = torch.isfinite(loss)
         if self.group.active:
             finite = self.group.all_sum((~finite).float().reshape(1)) == 0
-            loss = loss * self.shard_weight
         if not finite:
             raise TrainingDiverged(f"the loss became {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -144,7 +152,8 @@ class Algorithm(ABC):
     def end_epoch(self) -> dict[str, float]:
         """The epoch's training metrics: β at its end and the mean bound terms per example."""
         sums = self.group.all_sum(self.sums)  # each rank summed its shards
-        return {"beta": self.beta} | {f"train_{name}": v for name, v in zip(self.terms, (sums / self.n).tolist())}
+        theta = {"train_theta_term": self.theta_term.item()} if self.theta[0] != "ml" else {}
+        return {"beta": self.beta} | {f"train_{name}": v for name, v in zip(self.terms, (sums / self.n).tolist())} | theta
 
     def test(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         """Test metrics in fp32 whatever the training precision: the mean bound terms under the

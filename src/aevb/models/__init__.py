@@ -11,6 +11,7 @@ from .base import ClassLatent, Classifier, DecodesLatent, LatentModel, reported_
 from .vae import VAE, build_vae  # noqa: E402,F401  (registers "vae")
 from .m2 import M2  # noqa: E402,F401  (registers "m2")
 from .pcvae import PCVAE  # noqa: E402,F401  (registers "pcvae")
+from .theta import make_bayesian  # noqa: E402
 
 __all__ = ["MODELS", "M2", "PCVAE", "VAE", "ClassLatent", "Classifier", "DecodesLatent", "LatentModel", "build_model",
            "reported_terms"]
@@ -18,5 +19,8 @@ __all__ = ["MODELS", "M2", "PCVAE", "VAE", "ClassLatent", "Classifier", "Decodes
 
 def build_model(cfg, x_shape, n_classes: int | None = None) -> LatentModel:
     """Build the registered model ``cfg.model`` for data of shape ``x_shape`` (and ``n_classes``
-    classes, which the semi-supervised models need)."""
-    return MODELS[cfg.model](cfg, tuple(x_shape), n_classes)
+    classes, which the semi-supervised models need); with ``cfg.theta`` vb, its decoder Bayesian."""
+    model = MODELS[cfg.model](cfg, tuple(x_shape), n_classes)
+    if cfg.theta == "vb":
+        make_bayesian(model)
+    return model

@@ -78,6 +78,11 @@ class LatentModel(nn.Module, ABC):
         every child module but ``likelihood`` and ``prior_net``."""
         return [m for name, m in self.named_children() if name not in ("likelihood", "prior_net")]
 
+    def theta_networks(self) -> list[nn.Module]:
+        """The networks of p(x|z), whose parameters θ ``--theta map`` puts a prior on and ``--theta vb``
+        a distribution over: ``decoder`` (override where the generative networks are named otherwise)."""
+        return [self.decoder]
+
     @abstractmethod
     def sample(self, n: int) -> torch.Tensor:
         """n draws from the model decoded to the mean of p(x|·): shape (n, *x_shape)."""
