@@ -140,3 +140,5 @@ def test_an_algorithm_that_needs_a_classifier_refuses_the_model(tmp_path, capsys
     assert not (tmp_path / "r").exists()
     assert main(["train", *FLAGS, "--algorithm", "sgvd", "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "did you mean 'sgvb'" in capsys.readouterr().err
+    assert main(["train", *FLAGS, "--theta", "map", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "FixedDecoderVAE has no 'decoder'" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -26,6 +26,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution
 
 from ..distributions.likelihoods import Likelihood
+from ..errors import ConfigError
 from ..objectives import ELBOTerms, Estimator, has_analytic_kl, log_weights
 
 
@@ -81,7 +82,11 @@ class LatentModel(nn.Module, ABC):
     def theta_networks(self) -> list[nn.Module]:
         """The networks of p(x|z), whose parameters θ ``--theta map`` puts a prior on and ``--theta vb``
         a distribution over: ``decoder`` (override where the generative networks are named otherwise)."""
-        return [self.decoder]
+        try:
+            return [self.decoder]
+        except AttributeError:
+            raise ConfigError(f"--theta map and vb need the networks of p(x|z), and {type(self).__name__} has no "
+                              "'decoder'; train it with --theta ml (or give the model a theta_networks method)") from None
 
     @abstractmethod
     def sample(self, n: int) -> torch.Tensor:
