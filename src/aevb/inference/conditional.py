@@ -18,7 +18,6 @@ Rao-Blackwellised average: the decoder's mean rather than the sampled pixels).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -101,88 +100,98 @@ def check_mask(mask: torch.Tensor, spec: str) -> None:
         raise DataError(f"--mask {spec} hides every pixel of an image, so nothing is observed to condition on")
 
 
-def pixel_likelihood(model, z: torch.Tensor):
-    """p(x|z) as per-pixel distributions (the base of the decoder's Independent), for masked sums."""
-    p = model.decode(z)
+def per_pixel(p):
+    """A decoded p(x|z) as per-pixel distributions (the base of its Independent)."""
     if not isinstance(p, Independent):
         raise DataError(f"imputation needs a likelihood that factorises over pixels; {type(p).__name__} does not")
     return p.base_dist
 
 
-def _observed_log_lik(model, z, x, observed) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(x_obs|z) summed over the observed pixels, and E[x|z]; z (..., N, d), x and observed (N, *x_shape)."""
-    p = pixel_likelihood(model, z)
-    return (p.log_prob(x) * observed).flatten(-len(x.shape) + 1).sum(-1), p.mean
+def pixel_likelihood(model, z: torch.Tensor):
+    return per_pixel(model.decode(z))
+
+
+def observed_log_prob(p, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """log p(x_obs|z): the decoded p(x|z) (batch (..., N)) summed over the ``observed`` pixels of x (N, *x_shape)."""
+    return (per_pixel(p).log_prob(x) * observed).flatten(-len(x.shape) + 1).sum(-1)
 
 
 def _fill(x, missing, values):
     return torch.where(missing, values, x)
 
 
-@torch.no_grad()
-def pseudo_gibbs(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int = 50) -> torch.Tensor:
-    """Rezende et al. 2014: x̂ ← [x_obs, x_miss ~ p(x_miss|z)], z ~ q(z|x̂), started from the decoded
-    mean at z ~ q(z|x with missing pixels at 0.5); the mean of E[x|z_t] over the second half."""
-    x_hat = _fill(x, missing, torch.full_like(x, 0.5))
+def _chain(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int, next_z, z=None, x_hat=None) -> torch.Tensor:
+    """A Gibbs chain over (z, x_miss): z ← next_z(x̂, z), then x̂_miss ~ p(x_miss|z); returns x with its
+    missing pixels at the mean of E[x|z_t] over the second half of the sweeps (Rao-Blackwellised)."""
+    x_hat = _fill(x, missing, torch.full_like(x, 0.5)) if x_hat is None else x_hat
     total, count = torch.zeros_like(x), 0
     for t in range(sweeps):
-        z = model.encode(x_hat).sample()
+        z = next_z(x_hat, z)
         p = pixel_likelihood(model, z)
         x_hat = _fill(x, missing, p.sample())
         if t >= sweeps // 2:
             total, count = total + p.mean, count + 1
     return _fill(x, missing, total / count)
+
+
+@torch.no_grad()
+def pseudo_gibbs(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int = 50) -> torch.Tensor:
+    """Rezende et al. 2014: x̂ ← [x_obs, x_miss ~ p(x_miss|z)], z ~ q(z|x̂), started with the missing
+    pixels at 0.5; the mean of E[x|z_t] over the second half."""
+    return _chain(model, x, missing, sweeps, lambda x_hat, z: model.encode(x_hat).sample())
 
 
 @torch.no_grad()
 def metropolis_gibbs(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int = 50, warmup: int = 5) -> torch.Tensor:
     """Mattei & Frellsen 2018, Metropolis-within-Gibbs: propose z' ~ q(z|x̂), accept with probability
     min(1, p(x̂|z') p(z') q(z|x̂) / [p(x̂|z) p(z) q(z'|x̂)]), then x̂_miss ~ p(x_miss|z). Invariant for
-    p(z, x_miss | x_obs); started after ``warmup`` pseudo-Gibbs steps; the mean of E[x|z_t] over the
-    second half of ``sweeps``."""
-    everything = torch.ones_like(missing)
-    prior = model.prior()
-    x_hat = _fill(x, missing, torch.full_like(x, 0.5))
-    for _ in range(warmup):  # pseudo-Gibbs steps to a plausible start (a chain's start does not change its target)
-        x_hat = _fill(x, missing, pixel_likelihood(model, model.encode(x_hat).sample()).sample())
-    z = model.encode(x_hat).sample()
-    total, count = torch.zeros_like(x), 0
-    for t in range(sweeps):
+    p(z, x_miss | x_obs); started after ``warmup`` pseudo-Gibbs steps (a chain's start does not change
+    its target); the mean of E[x|z_t] over the second half of ``sweeps``."""
+    everything, prior = torch.ones_like(missing), model.prior()
+
+    def step(x_hat, z):
         q = model.encode(x_hat)
         z_new = q.sample()
-        (lik_new, _), (lik, _) = (_observed_log_lik(model, zz, x_hat, everything) for zz in (z_new, z))
+        lik_new, lik = (observed_log_prob(model.decode(zz), x_hat, everything) for zz in (z_new, z))
         log_ratio = (lik_new + prior.log_prob(z_new) - q.log_prob(z_new)) - (lik + prior.log_prob(z) - q.log_prob(z))
-        accept = torch.rand_like(log_ratio).log() < log_ratio
-        z = torch.where(accept.unsqueeze(-1), z_new, z)
-        p = pixel_likelihood(model, z)
-        x_hat = _fill(x, missing, p.sample())
-        if t >= sweeps // 2:
-            total, count = total + p.mean, count + 1
-    return _fill(x, missing, total / count)
+        return torch.where((torch.rand_like(log_ratio).log() < log_ratio).unsqueeze(-1), z_new, z)
+
+    x_hat = _fill(x, missing, torch.full_like(x, 0.5))
+    for _ in range(warmup):
+        x_hat = _fill(x, missing, pixel_likelihood(model, model.encode(x_hat).sample()).sample())
+    return _chain(model, x, missing, sweeps, step, model.encode(x_hat).sample(), x_hat)
+
+
+@torch.no_grad()
+def self_normalised_mean(model, q, log_likelihood, samples: int, chunk: int = 500) -> torch.Tensor:
+    """Σ_k w_k E[x|z_k] / Σ_k w_k with z_k ~ q and w_k = exp(log_likelihood(p(x|z_k))) p(z_k) / q(z_k):
+    the posterior mean of E[x|z] under the likelihood given, the draws streamed in chunks with a running
+    log-sum-exp so that memory does not grow with their number. ``log_likelihood`` maps the decoded
+    p(x|z) (batch (c, N)) to log-likelihoods of shape (c, N); returns (N, *x_shape) in float64."""
+    prior = model.prior()
+    log_total = weighted = None
+    for start in range(0, samples, chunk):
+        z = q.sample((min(chunk, samples - start),))  # (c, N, d)
+        p = model.decode(z)
+        log_w = (log_likelihood(p) + prior.log_prob(z) - q.log_prob(z)).double()
+        new_total = torch.logsumexp(log_w, 0) if log_total is None else torch.logaddexp(log_total, torch.logsumexp(log_w, 0))
+        tail = (1,) * (p.mean.dim() - 2)
+        contribution = (torch.exp(log_w - new_total).view(*log_w.shape, *tail) * p.mean.double()).sum(0)
+        weighted = contribution if log_total is None else \
+            weighted * torch.exp(log_total - new_total).view(-1, *tail) + contribution
+        log_total = new_total
+    return weighted
 
 
 @torch.no_grad()
 def importance(model, x: torch.Tensor, missing: torch.Tensor, samples: int = 5000, sweeps: int = 5,
                chunk: int = 500) -> torch.Tensor:
     """Self-normalised importance sampling of E[x_miss|x_obs] = E_{p(z|x_obs)}[E[x_miss|z]]: proposal
-    q(z|x̂), x̂ filled by ``sweeps`` pseudo-Gibbs sweeps; weights p(x_obs|z) p(z) / q(z|x̂); the
-    ``samples`` draws stream in chunks with a running log-sum-exp, so memory does not grow with k."""
+    q(z|x̂), x̂ filled by ``sweeps`` pseudo-Gibbs sweeps; weights p(x_obs|z) p(z) / q(z|x̂)."""
     observed = ~missing
     x_hat = pseudo_gibbs(model, x, missing, sweeps) if sweeps else _fill(x, missing, torch.full_like(x, 0.5))
-    q, prior = model.encode(x_hat), model.prior()
-    log_total = torch.full((len(x),), -math.inf, device=x.device, dtype=torch.float64)
-    weighted = torch.zeros_like(x, dtype=torch.float64)
-    for start in range(0, samples, chunk):
-        z = q.sample((min(chunk, samples - start),))
-        lik, mean = _observed_log_lik(model, z, x, observed)
-        log_w = (lik + prior.log_prob(z) - q.log_prob(z)).double()  # (c, N)
-        new_total = torch.logaddexp(log_total, torch.logsumexp(log_w, 0))
-        scale = torch.exp(log_total - new_total).nan_to_num(0.0)  # exp(-inf - x) = 0 at the first chunk
-        w = torch.exp(log_w - new_total)  # (c, N)
-        view = (-1,) + (1,) * (x.dim() - 1)
-        weighted = weighted * scale.view(view) + (w.view(*w.shape, *(1,) * (x.dim() - 1)) * mean.double()).sum(0)
-        log_total = new_total
-    return _fill(x, missing, weighted.to(x.dtype))
+    mean = self_normalised_mean(model, model.encode(x_hat), lambda p: observed_log_prob(p, x, observed), samples, chunk)
+    return _fill(x, missing, mean.to(x.dtype))
 
 
 IMPUTERS = {"pseudo-gibbs": pseudo_gibbs, "metropolis-gibbs": metropolis_gibbs, "importance": importance}

@@ -18,13 +18,13 @@ For a linear-Gaussian model this is W E[z|y] + b in closed form, which the tests
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from .conditional import self_normalised_mean
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -48,26 +48,16 @@ def check_factor(factor: int, x_shape: tuple[int, ...]) -> None:
                         f"use one of: {', '.join(str(f) for f in range(2, min(x_shape[1:]) + 1) if not x_shape[1] % f and not x_shape[2] % f)}")
 
 
-@torch.no_grad()
 def posterior_mean(model, y: torch.Tensor, guess: torch.Tensor, operator: Callable = identity, noise: float = 0.1,
                    samples: int = 2000, chunk: int = 500) -> torch.Tensor:
     """E[E[x|z] | y] under y | z ~ N(operator(E[x|z]), noise² I) by self-normalised importance sampling
     with proposal q(z | guess); y (N, ...) as the operator gives it, guess (N, *x_shape)."""
     model.eval()
-    q, prior = model.encode(guess), model.prior()
-    log_total = torch.full((len(y),), -math.inf, device=y.device, dtype=torch.float64)
-    weighted = torch.zeros_like(guess, dtype=torch.float64)
-    tail = (1,) * (guess.dim() - 1)
-    for start in range(0, samples, chunk):
-        z = q.sample((min(chunk, samples - start),))  # (c, N, d)
-        mean = model.decode(z).mean  # (c, N, *x_shape)
-        log_lik = -0.5 * ((y - operator(mean)) / noise).pow(2).flatten(2).sum(-1)  # constants cancel in w
-        log_w = (log_lik + prior.log_prob(z) - q.log_prob(z)).double()
-        new_total = torch.logaddexp(log_total, torch.logsumexp(log_w, 0))
-        weighted = weighted * torch.exp(log_total - new_total).view(-1, *tail) + \
-            (torch.exp(log_w - new_total).view(*log_w.shape, *tail) * mean.double()).sum(0)
-        log_total = new_total
-    return weighted.to(guess.dtype)
+
+    def log_lik(p):  # constants cancel in the self-normalised weights
+        return -0.5 * ((y - operator(p.mean)) / noise).pow(2).flatten(2).sum(-1)
+
+    return self_normalised_mean(model, model.encode(guess), log_lik, samples, chunk).to(guess.dtype)
 
 
 def refined(model, y: torch.Tensor, guess: torch.Tensor, operator: Callable, noise: float, samples: int,
