@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal
 
+from aevb.api import load
 from aevb.cli import main
 from aevb.errors import DataError
 from aevb.inference import impute, make_mask
@@ -55,17 +56,17 @@ class PPCA(LatentModel, DecodesLatent):
 
 
 def chains(model, method, **options):
-    """CHAINS independent estimates of E[x_miss | x_obs] for one point (pixels 1, 3, 4 missing), their
-    mean and standard error, and the exact value."""
+    """CHAINS independent estimates of E[x_miss | x_obs] for one point (pixels 1, 3, 4 missing), each
+    from ``options["chains"]`` chains; their mean and standard error, and the exact value."""
     torch.manual_seed(0)
     x = model.sample(1)[0] + SIGMA * torch.randn(D, dtype=torch.float64)
     missing = torch.tensor([False, True, False, True, True, False])
-    estimates = impute(model, x.expand(CHAINS, D).clone(), missing.expand(CHAINS, D).clone(), method, **options)[:, missing]
+    estimates = model.impute(x.expand(CHAINS, D).clone(), missing.expand(CHAINS, D).clone(), method, **options)[:, missing]
     return estimates.mean(0), estimates.std(0) / CHAINS**0.5, model.conditional_mean(x, missing)
 
 
-@pytest.mark.parametrize("method, options", [("importance", {"samples": 2000, "sweeps": 3}),
-                                             ("metropolis-gibbs", {"sweeps": 200})])
+@pytest.mark.parametrize("method, options", [("importance", {"samples": 2000, "sweeps": 3, "chains": 5}),
+                                             ("metropolis-gibbs", {"sweeps": 200, "chains": 1})])
 def test_exact_methods_find_the_conditional_mean_with_an_imperfect_encoder(method, options, assert_within_se):
     """The encoder's mean off by 0.1 (0.6 posterior standard deviations here) and its spread 1.5× too wide."""
     mean, se, exact = chains(PPCA(shift=0.1, widen=1.5), method, **options)
@@ -73,9 +74,9 @@ def test_exact_methods_find_the_conditional_mean_with_an_imperfect_encoder(metho
 
 
 def test_pseudo_gibbs_is_exact_with_the_true_posterior_and_drifts_without_it(assert_within_se):
-    mean, se, exact = chains(PPCA(), "pseudo-gibbs", sweeps=200)
+    mean, se, exact = chains(PPCA(), "pseudo-gibbs", sweeps=200, chains=1)
     assert_within_se(mean, exact, se, "pseudo-Gibbs with q = p(z|x)")
-    mean, se, exact = chains(PPCA(shift=0.1, widen=1.5), "pseudo-gibbs", sweeps=200)
+    mean, se, exact = chains(PPCA(shift=0.1, widen=1.5), "pseudo-gibbs", sweeps=200, chains=1)
     assert ((mean - exact).abs() > 10 * se).any()  # the bias that Metropolis-within-Gibbs corrects (measured 14-66 SE)
 
 
@@ -116,6 +117,12 @@ def test_impute_command_writes_the_table_and_figure(tmp_path, capsys):
     assert set(record["results"]) == {"pseudo-gibbs", "metropolis-gibbs", "importance", "mean-image", "knn-imputer"}
     assert record["results"]["importance"] < record["results"]["mean-image"]  # the model knows more than the mean
     assert (run / "impute-random-0.5.png").stat().st_size > 0
+    model, x = load(run), torch.rand(4, 1, 8, 8)
+    torch.manual_seed(0)
+    by_name = model.impute(x, "bottom-half", samples=100)
+    torch.manual_seed(0)
+    assert torch.equal(by_name, impute(model, x, make_mask("bottom-half", (1, 8, 8), 4), samples=100))
+    assert torch.equal(by_name[..., :4, :], x[..., :4, :]) and not torch.equal(by_name, x)
     assert "knn-imputer" in capsys.readouterr().out
     assert main(["report", str(run), "--test-size", "40"]) == 0
     page = (run / "report.html").read_text()

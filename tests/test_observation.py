@@ -12,7 +12,7 @@ from torch.distributions import Independent, Normal
 from aevb.cli import main
 from aevb.errors import DataError
 from aevb.experiments.restoration import parse_noise
-from aevb.inference.observation import denoise, identity, pooling, superresolve
+from aevb.inference.observation import identity, pooling
 from aevb.models import DecodesLatent, LatentModel
 
 SHAPE, d, SIGMA, CHAINS = (1, 4, 4), 2, 0.3, 100
@@ -63,7 +63,7 @@ def test_posterior_mean_of_the_clean_image_is_the_closed_form(task, assert_withi
     x = model.decode(model.prior().sample((1,))).sample()
     y = operator(x) + s * torch.randn(operator(x).shape, dtype=torch.float64)
     ys = y.expand(CHAINS, *y.shape[1:]).clone()
-    estimates = denoise(model, ys, s, samples=1000) if task == "denoise" else superresolve(model, ys, 2, s, samples=1000)
+    estimates = model.denoise(ys, s, samples=1000) if task == "denoise" else model.superresolve(ys, 2, noise=s, samples=1000)
     assert_within_se(estimates.mean(0), model.exact(y[0], operator, s), estimates.std(0) / CHAINS**0.5,
                      "E[E[x|z] | y]")
 

@@ -200,7 +200,7 @@ def cmd_impute(args) -> None:
     data = load_dataset(cfg.data)
     methods = METHODS if args.method == "all" else (args.method,)
     record, fills, missing = compare(model, data.test_x, data.train_x, args.mask, methods, args.samples,
-                                     args.sweeps, args.seed)
+                                     args.sweeps, args.chains, args.seed)
     json_path, png = write(run, record, fills, data.test_x, missing)
     print(format_record(record))
     print(f"wrote {json_path} and {png}")
@@ -396,7 +396,10 @@ def build_parser() -> Parser:
     p.add_argument("--method", default="all", choices=["all", "pseudo-gibbs", "metropolis-gibbs", "importance"])
     p.add_argument("--test-size", type=positive_int, default=300, help="test images to fill (default 300)")
     p.add_argument("--samples", type=positive_int, default=5000, help="importance samples per image (default 5000)")
-    p.add_argument("--sweeps", type=positive_int, default=50, help="sweeps of the Gibbs chains (default 50)")
+    p.add_argument("--sweeps", type=positive_int, default=None,
+                   help="sweeps of each Gibbs chain (default: pseudo-Gibbs 50, Metropolis-within-Gibbs 200)")
+    p.add_argument("--chains", type=positive_int, default=20,
+                   help="independent chains per image, and the importance proposal's mixture components (default 20)")
     p.add_argument("--seed", type=int, default=0, help="the random mask and the samplers' seed")
     add_device_flag(p)
     p.set_defaults(func=cmd_impute)

@@ -52,8 +52,9 @@ def mask_name(spec: str) -> str:
 
 
 def compare(model, x: torch.Tensor, train_x: torch.Tensor, spec: str, methods=METHODS, samples: int = 5000,
-            sweeps: int = 50, seed: int = 0) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor]:
-    """Impute the pixels ``spec`` hides in x by each method and baseline; the result record
+            sweeps: int | None = None, chains: int = 20, seed: int = 0) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor]:
+    """Impute the pixels ``spec`` hides in x by each method and baseline (``sweeps`` None: each chain
+    method's own default); the result record
     {"mask", "metric", "results", ...}, the filled images by name, and the mask."""
     missing = make_mask(spec, tuple(x.shape[1:]), len(x), seed)
     binary = bool(((train_x == 0) | (train_x == 1)).all())
@@ -62,14 +63,14 @@ def compare(model, x: torch.Tensor, train_x: torch.Tensor, spec: str, methods=ME
     device = next(model.parameters()).device
     fills = {}
     for method in methods:
-        options = {"samples": samples} if method == "importance" else {"sweeps": sweeps}
-        fills[method] = impute(model, x.to(device), missing.to(device), method, **options).cpu()
+        options = {"samples": samples} if method == "importance" else {} if sweeps is None else {"sweeps": sweeps}
+        fills[method] = impute(model, x.to(device), missing.to(device), method, chains=chains, **options).cpu()
     fills["mean-image"] = torch.where(missing, train_x.mean(0).expand_as(x), x)
     fills["knn-imputer"] = knn_fill(train_x, x, missing)
     results = {name: error(f, x, missing, binary) for name, f in fills.items()}
     record = {"mask": spec, "metric": "binary cross-entropy" if binary else "squared error", "results": results,
               "n": len(x), "missing_fraction": missing.float().mean().item(), "samples": samples, "sweeps": sweeps,
-              "seed": seed, "seconds": time.perf_counter() - started}
+              "chains": chains, "seed": seed, "seconds": time.perf_counter() - started}
     if not binary:
         record["psnr"] = {name: psnr(v) for name, v in results.items()}
     return record, fills, missing

@@ -10,14 +10,19 @@ likelihood is), with ``missing`` a boolean mask of x's shape (True where a pixel
                     min(1, p(x̂|z') p(z') q(z|x̂) / [p(x̂|z) p(z) q(z'|x̂)]); the chain then leaves
                     p(z, x_miss | x_obs) invariant, whatever q is.
   importance        self-normalised importance sampling over z for p(z|x_obs) ∝ p(x_obs|z) p(z),
-                    proposal q(z|x̂) with x̂ filled by a few pseudo-Gibbs sweeps:
-                    E[x_miss|x_obs] ≈ Σ_k w_k E[x_miss|z_k] / Σ_k w_k, w_k = p(x_obs|z_k) p(z_k) / q(z_k|x̂).
+                    proposal the mixture q̄(z) = (1/R) Σ_r q(z|x̂_r) over R fills x̂_r by a few
+                    pseudo-Gibbs sweeps: E[x_miss|x_obs] ≈ Σ_k w_k E[x_miss|z_k] / Σ_k w_k,
+                    w_k = p(x_obs|z_k) p(z_k) / q̄(z_k).
 
-The chains estimate E[x_miss|x_obs] by the mean of E[x_miss|z_t] over their second half (a
-Rao-Blackwellised average: the decoder's mean rather than the sampled pixels).
+Every method runs R independent chains per image (``chains``), started with the missing pixels at the
+model's own mean image. A chain estimates E[x_miss|x_obs] by the mean of E[x_miss|z_t] over its second
+half (Rao-Blackwellised: the decoder's mean rather than the sampled pixels); the chains' estimates are
+averaged. Where the observed pixels allow several completions (half a digit), one chain, or one
+encoder proposal, finds one of them; the squared error of the conditional mean needs all.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +125,35 @@ def _fill(x, missing, values):
     return torch.where(missing, values, x)
 
 
-def _chain(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int, next_z, z=None, x_hat=None) -> torch.Tensor:
-    """A Gibbs chain over (z, x_miss): z ← next_z(x̂, z), then x̂_miss ~ p(x_miss|z); returns x with its
-    missing pixels at the mean of E[x|z_t] over the second half of the sweeps (Rao-Blackwellised)."""
-    x_hat = _fill(x, missing, torch.full_like(x, 0.5)) if x_hat is None else x_hat
+def model_mean(model, draws: int = 1000) -> torch.Tensor:
+    """E_p(z)[E[x|z]] by ``draws`` prior samples: the model's own mean image, where every chain starts
+    its missing pixels (from a flat 0.5 the encoder's first proposals lie far from p(z|x_obs), and on
+    MNIST's bottom half the chains do not recover within 50 sweeps)."""
+    return pixel_likelihood(model, model.prior().sample((draws,))).mean.mean(0)
+
+
+def _replicas(model, x: torch.Tensor, missing: torch.Tensor, chains: int):
+    """``chains`` copies of the images and their mask (chain-major), and the copies with their missing
+    pixels at the model's mean image: the starts of independent chains."""
+    copies = (chains,) + (1,) * (x.dim() - 1)
+    x, missing = x.repeat(copies), missing.repeat(copies)
+    return x, missing, _fill(x, missing, model_mean(model).to(x.dtype).expand_as(x))
+
+
+def _chain_mean(filled: torch.Tensor, chains: int) -> torch.Tensor:
+    """The mean over the chains of each image's estimate (``filled`` chain-major)."""
+    return filled.view(chains, -1, *filled.shape[1:]).mean(0)
+
+
+def _pseudo_gibbs_step(model, x, missing, x_hat):
+    """z ~ q(z|x̂), then x̂_miss ~ p(x_miss|z)."""
+    return _fill(x, missing, pixel_likelihood(model, model.encode(x_hat).sample()).sample())
+
+
+def _chain(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int, next_z, z, x_hat) -> torch.Tensor:
+    """A Gibbs chain over (z, x_miss) from (z, x̂): z ← next_z(x̂, z), then x̂_miss ~ p(x_miss|z); returns
+    x with its missing pixels at the mean of E[x|z_t] over the second half of the sweeps
+    (Rao-Blackwellised: the decoder's mean rather than the sampled pixels)."""
     total, count = torch.zeros_like(x), 0
     for t in range(sweeps):
         z = next_z(x_hat, z)
@@ -135,19 +165,24 @@ def _chain(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int, next_z, z
 
 
 @torch.no_grad()
-def pseudo_gibbs(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int = 50) -> torch.Tensor:
-    """Rezende et al. 2014: x̂ ← [x_obs, x_miss ~ p(x_miss|z)], z ~ q(z|x̂), started with the missing
-    pixels at 0.5; the mean of E[x|z_t] over the second half."""
-    return _chain(model, x, missing, sweeps, lambda x_hat, z: model.encode(x_hat).sample())
+def pseudo_gibbs(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int = 50, chains: int = 20) -> torch.Tensor:
+    """Rezende et al. 2014: x̂ ← [x_obs, x_miss ~ p(x_miss|z)], z ~ q(z|x̂); ``chains`` chains per image,
+    each the mean of E[x|z_t] over its second half, averaged."""
+    x_rep, missing_rep, x_hat = _replicas(model, x, missing, chains)
+    filled = _chain(model, x_rep, missing_rep, sweeps, lambda x_hat, z: model.encode(x_hat).sample(), None, x_hat)
+    return _chain_mean(filled, chains)
 
 
 @torch.no_grad()
-def metropolis_gibbs(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int = 50, warmup: int = 5) -> torch.Tensor:
+def metropolis_gibbs(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int = 200, chains: int = 20,
+                     warmup: int = 5) -> torch.Tensor:
     """Mattei & Frellsen 2018, Metropolis-within-Gibbs: propose z' ~ q(z|x̂), accept with probability
     min(1, p(x̂|z') p(z') q(z|x̂) / [p(x̂|z) p(z) q(z'|x̂)]), then x̂_miss ~ p(x_miss|z). Invariant for
-    p(z, x_miss | x_obs); started after ``warmup`` pseudo-Gibbs steps (a chain's start does not change
-    its target); the mean of E[x|z_t] over the second half of ``sweeps``."""
-    everything, prior = torch.ones_like(missing), model.prior()
+    p(z, x_miss | x_obs); each of ``chains`` chains per image starts after ``warmup`` pseudo-Gibbs steps
+    (a chain's start does not change its target). The proposal is an independence sampler, so a chain
+    moves rarely (about 5% of proposals accepted on MNIST's bottom half): many chains of many sweeps,
+    each the mean of E[x|z_t] over its second half, averaged."""
+    everything, prior = None, model.prior()
 
     def step(x_hat, z):
         q = model.encode(x_hat)
@@ -156,10 +191,12 @@ def metropolis_gibbs(model, x: torch.Tensor, missing: torch.Tensor, sweeps: int 
         log_ratio = (lik_new + prior.log_prob(z_new) - q.log_prob(z_new)) - (lik + prior.log_prob(z) - q.log_prob(z))
         return torch.where((torch.rand_like(log_ratio).log() < log_ratio).unsqueeze(-1), z_new, z)
 
-    x_hat = _fill(x, missing, torch.full_like(x, 0.5))
+    x_rep, missing_rep, x_hat = _replicas(model, x, missing, chains)
+    everything = torch.ones_like(missing_rep)
     for _ in range(warmup):
-        x_hat = _fill(x, missing, pixel_likelihood(model, model.encode(x_hat).sample()).sample())
-    return _chain(model, x, missing, sweeps, step, model.encode(x_hat).sample(), x_hat)
+        x_hat = _pseudo_gibbs_step(model, x_rep, missing_rep, x_hat)
+    filled = _chain(model, x_rep, missing_rep, sweeps, step, model.encode(x_hat).sample(), x_hat)
+    return _chain_mean(filled, chains)
 
 
 @torch.no_grad()
@@ -183,14 +220,39 @@ def self_normalised_mean(model, q, log_likelihood, samples: int, chunk: int = 50
     return weighted
 
 
+class EncoderMixture:
+    """q(z) = (1/R) Σ_r q(z|x̂_r): the encoder at R fills x̂_r of each image, a proposal that covers the
+    several completions a half-seen image allows where one q(z|x̂) covers one. ``q`` is the encoder's
+    output on the R·N fills (chain-major); sample and log_prob have batch N."""
+
+    def __init__(self, q, components: int):
+        self.q, self.components = q, components
+
+    def sample(self, shape=torch.Size()):
+        z = self.q.sample(shape)  # (*shape, R·N, d)
+        z = z.view(*z.shape[:-2], self.components, -1, z.shape[-1])
+        pick = torch.randint(self.components, (*z.shape[:-3], 1, z.shape[-2], 1), device=z.device)
+        return z.gather(-3, pick.expand(*pick.shape[:-1], z.shape[-1])).squeeze(-3)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        expanded = z.unsqueeze(-3).expand(*z.shape[:-2], self.components, *z.shape[-2:])
+        log_q = self.q.log_prob(expanded.reshape(*z.shape[:-2], -1, z.shape[-1]))
+        return torch.logsumexp(log_q.view(*z.shape[:-2], self.components, -1), -2) - math.log(self.components)
+
+
 @torch.no_grad()
 def importance(model, x: torch.Tensor, missing: torch.Tensor, samples: int = 5000, sweeps: int = 5,
-               chunk: int = 500) -> torch.Tensor:
-    """Self-normalised importance sampling of E[x_miss|x_obs] = E_{p(z|x_obs)}[E[x_miss|z]]: proposal
-    q(z|x̂), x̂ filled by ``sweeps`` pseudo-Gibbs sweeps; weights p(x_obs|z) p(z) / q(z|x̂)."""
+               chains: int = 20, chunk: int = 250) -> torch.Tensor:
+    """Self-normalised importance sampling of E[x_miss|x_obs] = E_{p(z|x_obs)}[E[x_miss|z]]: proposal the
+    mixture of q(z|x̂_r) over ``chains`` pseudo-Gibbs chains of ``sweeps`` sweeps each (their last
+    sampled fills x̂_r); weights p(x_obs|z) p(z) / [(1/R) Σ_r q(z|x̂_r)]. On MNIST's bottom half one
+    component (R = 1) gives 0.067 squared error, twenty 0.048 (pytorch-examples model, 300 images)."""
+    x_rep, missing_rep, x_hat = _replicas(model, x, missing, chains)
+    for _ in range(sweeps):
+        x_hat = _pseudo_gibbs_step(model, x_rep, missing_rep, x_hat)
+    proposal = EncoderMixture(model.encode(x_hat), chains)
     observed = ~missing
-    x_hat = pseudo_gibbs(model, x, missing, sweeps) if sweeps else _fill(x, missing, torch.full_like(x, 0.5))
-    mean = self_normalised_mean(model, model.encode(x_hat), lambda p: observed_log_prob(p, x, observed), samples, chunk)
+    mean = self_normalised_mean(model, proposal, lambda p: observed_log_prob(p, x, observed), samples, chunk)
     return _fill(x, missing, mean.to(x.dtype))
 
 

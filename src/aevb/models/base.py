@@ -103,7 +103,33 @@ class LatentModel(nn.Module, ABC):
 
 
 class DecodesLatent(ABC):
-    """Capability: ``decode(z)`` with z alone is p(x|z), so any point of latent space can be drawn."""
+    """Capability: ``decode(z)`` with z alone is p(x|z), so any point of latent space can be drawn, and
+    p(x) = ∫ p(x|z) p(z) dz is a prior over x for inverse problems (the estimators in aevb.inference)."""
+
+    def impute(self, x: torch.Tensor, missing: torch.Tensor | str, method: str = "importance",
+               **options) -> torch.Tensor:
+        """x (N, *x_shape) with its missing pixels at E[x_miss | x_obs] = E_{p(z|x_obs)}[E[x_miss|z]];
+        ``missing`` a boolean mask of x's shape or a mask name (``bottom-half``, ``random-0.5``, ...);
+        ``method`` pseudo-gibbs, metropolis-gibbs or importance (aevb.inference.conditional)."""
+        from ..inference.conditional import impute, make_mask
+
+        if isinstance(missing, str):
+            missing = make_mask(missing, tuple(x.shape[1:]), len(x)).to(x.device)
+        return impute(self, x, missing, method, **options)
+
+    def denoise(self, noisy: torch.Tensor, noise: float, **options) -> torch.Tensor:
+        """E[E[x|z] | y] for y = x + N(0, noise² I): the clean images' posterior mean
+        (aevb.inference.observation.denoise)."""
+        from ..inference.observation import denoise
+
+        return denoise(self, noisy, noise, **options)
+
+    def superresolve(self, low: torch.Tensor, factor: int, **options) -> torch.Tensor:
+        """E[E[x|z] | y] for y = the factor × factor block means of x: the high-resolution images'
+        posterior mean (aevb.inference.observation.superresolve)."""
+        from ..inference.observation import superresolve
+
+        return superresolve(self, low, factor, **options)
 
 
 class Classifier(ABC):
