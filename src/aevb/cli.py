@@ -284,6 +284,21 @@ def cmd_experiment_theta(args) -> None:
     print(f"wrote {out}/table.md and {out}/results.json in {(time.perf_counter() - started) / 60:.1f} min")
 
 
+def cmd_reproduce(args) -> None:
+    from .reproduce import REPRODUCTIONS, listing, module
+
+    if args.list or not args.name:
+        print(listing())
+        return
+    if args.name not in REPRODUCTIONS:
+        raise ConfigError(f"unknown reproduction {args.name!r}; choose one of: {', '.join(REPRODUCTIONS)} "
+                          "(aevb reproduce --list)")
+    out = Path(args.out or f"reproduce/{args.name}-{args.budget}")
+    started = time.perf_counter()
+    print(module(args.name).reproduce(args.budget, out, args.rows, args.data_dir, quiet=args.quiet))
+    print(f"wrote {out}/table.md and {out}/results.json in {(time.perf_counter() - started) / 60:.1f} min")
+
+
 def cmd_datasets(args) -> None:
     from .data import available
 
@@ -462,6 +477,20 @@ def build_parser() -> Parser:
     p.add_argument("--data-dir")
     p.add_argument("--quiet", action="store_true", help="print the table only")
     p.set_defaults(func=cmd_experiment_theta)
+
+    p = sub.add_parser("reproduce", help="a paper's table by one command ('aevb reproduce --list' names them)",
+                       description="Train and evaluate every row of a paper's table within a budget; writes "
+                       "OUT/table.md (the paper's numbers beside ours), OUT/results.json and the runs in OUT/runs; "
+                       "run it again to continue where it stopped.")
+    p.add_argument("name", nargs="?", help="the reproduction, e.g. burda2015")
+    p.add_argument("--list", action="store_true", help="name every reproduction with its budgets")
+    p.add_argument("--budget", choices=["smoke", "quick", "paper"], default="quick",
+                   help="smoke: seconds (a check); quick: minutes to hours on a CPU; paper: the paper's own schedule")
+    p.add_argument("--rows", help="comma-separated rows of the table (default: all; see --list)")
+    p.add_argument("--out", help="the folder (default reproduce/NAME-BUDGET)")
+    p.add_argument("--data-dir")
+    p.add_argument("--quiet", action="store_true", help="print the table only")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("datasets", help="which datasets are available here, and from where")
     p.add_argument("--data-dir")

@@ -52,6 +52,8 @@ class ModelConfig:
     init_std: typing.Optional[float] = None
     theta: str = "ml"  # the decoder's parameters: ml (a point), map (with a Gaussian prior) or vb (a Gaussian q(θ)); see models/theta.py
     theta_prior_scale: float = 1.0  # p(θ) = N(0, scale²) on each decoder weight and bias (map, vb)
+    hidden2: list[int] = field(default_factory=lambda: [50, 50])  # hierarchical: the hidden layers between z1 and z2
+    latent_dim2: int = 50  # hierarchical: the size of the second stochastic layer z2 (latent_dim is z1's)
 
 
 @dataclass
@@ -61,6 +63,11 @@ class TrainConfig:
     batch_size: int = 128
     optimizer: str = "adam"
     lr: float = 1e-3
+    optimizer_eps: typing.Optional[float] = None  # the ε of adam, adagrad, rmsprop; None: torch's default (Burda et al.: 1e-4)
+    lr_schedule: str = "constant"  # a registered learning-rate schedule (aevb.lr_schedules): constant, burda, step, cosine, plateau
+    lr_gamma: float = 0.1  # step and plateau: the factor of each decrease
+    lr_step: typing.Optional[int] = None  # step: epochs between decreases; None: a third of the epochs
+    lr_patience: int = 5  # plateau: epochs without a better training bound before a decrease
     seed: int = 1
     estimator: str = "auto"
     samples: int = 1
@@ -108,14 +115,14 @@ class Config:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-POSITIVE_ITEMS = {"hidden", "conv_channels"}  # layer sizes: every item of the list
+POSITIVE_ITEMS = {"hidden", "conv_channels", "hidden2"}  # layer sizes: every item of the list
 POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs", "batch_size", "samples",
             "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
             "nan_retries", "labelled", "labelled_batch_size", "labelled_weight", "labelled_every",
-            "theta_prior_scale"}
-NON_NEGATIVE = {"beta", "beta_y", "warmup_epochs", "alpha"}
+            "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step"}
+NON_NEGATIVE = {"beta", "beta_y", "warmup_epochs", "alpha", "lr_patience"}
 AT_MOST_ONE = {"cycle_ratio": "(0, 1]", "labelled_weight": "(0, 1]"}  # fractions: upper bound inclusive
-BELOW_ONE = {"nan_lr_factor": "(0, 1)"}  # fractions: upper bound exclusive
+BELOW_ONE = {"nan_lr_factor": "(0, 1)", "lr_gamma": "(0, 1)"}  # fractions: upper bound exclusive
 BINARIZE = ("none", "dynamic", "static")
 ON_NAN = ("stop", "rollback")
 SPLITS = ("standard", "80/20")

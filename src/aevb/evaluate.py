@@ -225,7 +225,9 @@ def diagnostics(model, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> 
     a = activity(model, x)
     active = int((a > threshold).sum())
     kl = kl_per_dimension(model, x)
-    return {"latent_dim": len(a), "active_units": active, "threshold": threshold, "activity": a.tolist(),
+    per_layer = [int((layer > threshold).sum()) for layer in a.split(list(model.latent_layers))]
+    return {"latent_dim": len(a), "active_units": active, "active_units_per_layer": per_layer, "threshold": threshold,
+            "activity": a.tolist(),
             "kl_per_dim": None if kl is None else kl["kl"],
             "kl_per_dim_standard_error": None if kl is None else kl["standard_error"],
             "kl_method": None if kl is None else kl["method"],
@@ -309,7 +311,10 @@ def format_evaluation(r: dict) -> str:
             lines.append(f"{'  agreement with q(y|x)':<34}{c['agreement']:>12.4f}")
     d = r.get("diagnostics")
     if d:
-        lines.append(f"{'active units (Cov_x E[z_d] > ' + str(d['threshold']) + ')':<34}{d['active_units']:>12d}  of {d['latent_dim']}")
+        layers = d.get("active_units_per_layer") or []
+        by_layer = f" (per layer {'+'.join(map(str, layers))})" if len(layers) > 1 else ""
+        lines.append(f"{'active units (Cov_x E[z_d] > ' + str(d['threshold']) + ')':<34}{d['active_units']:>12d}  "
+                     f"of {d['latent_dim']}{by_layer}")
         lines += format_dimensions(d)
         if d["warning"]:
             lines.append(f"warning: {d['warning']}")

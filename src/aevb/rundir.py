@@ -133,9 +133,11 @@ def read_config(path: Path) -> tuple[Config, dict]:
         raise RunError(f"{file} is corrupt ({e}); the run cannot be loaded") from None
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
-    """Weights (safetensors) and optimizer state + RNG state (torch.save of tensors only), both
-    stamped with the epoch so that a resume can check they belong together.
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                    schedule=None) -> None:
+    """Weights (safetensors) and optimizer state + RNG state (+ the learning-rate schedule's state;
+    torch.save of tensors and plain values only), both stamped with the epoch so that a resume can
+    check they belong together.
 
     Crash safety: both new files are written in full (and flushed) under temporary names first.
     Then optimizer.pt moves to optimizer.prev.pt, the new optimizer.pt moves in, the new weights
@@ -144,6 +146,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     complete checkpoint of epoch e; ``load_checkpoint`` picks the state that matches the weights."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     trainer = {"optimizer": optimizer.state_dict(), "epoch": epoch, "rng_state": torch.get_rng_state()}
+    if schedule is not None:
+        trainer["schedule"] = schedule.state_dict()
     if torch.cuda.is_available():
         trainer["cuda_rng_state"] = torch.cuda.get_rng_state_all()
     temps: list[Path] = []
@@ -244,8 +248,8 @@ def check_optimizer_state(state: dict, optimizer: torch.optim.Optimizer, file: P
         raise fail(f"{type(e).__name__}: {e}") from None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Restore weights, optimizer and RNG state; returns the epoch to continue after (0 when the
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule=None) -> int:
+    """Restore weights, optimizer, learning-rate schedule and RNG state; returns the epoch to continue after (0 when the
     run has not finished an epoch: it starts again from its seed). Also tidies what a killed save
     left: the optimizer state that matches the weights becomes optimizer.pt."""
     path = Path(path)
@@ -275,6 +279,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     check_optimizer_state(trainer["optimizer"], optimizer, file)
     try:
         optimizer.load_state_dict(trainer["optimizer"])
+        if schedule is not None and "schedule" in trainer:
+            schedule.load_state_dict(trainer["schedule"])
         torch.set_rng_state(trainer["rng_state"])
         if "cuda_rng_state" in trainer and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(trainer["cuda_rng_state"])

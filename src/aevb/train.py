@@ -25,6 +25,7 @@ from .data import Dataset, load_dataset
 from .distributed import epoch_seed, join, leave
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
+from .lr_schedules import LR_SCHEDULES, step_schedule
 from .models import MODELS, build_model
 from .nets import ACTIVATIONS, NETS
 from .objectives import ESTIMATORS, SCHEDULES
@@ -35,17 +36,26 @@ OPTIMIZERS: Registry = Registry("optimizer")
 
 
 @OPTIMIZERS.register("adam")
-def adam(params, lr: float) -> torch.optim.Adam:
+def adam(params, lr: float, **options) -> torch.optim.Adam:
     """Adam (Kingma & Ba 2015), fused into one kernel per step where the device has one (cpu, cuda):
     on 2 CPU cores the unfused update costs as much as the forward pass."""
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(params, lr=lr, fused=fused)
+    return torch.optim.Adam(params, lr=lr, fused=fused, **options)
 
 
 OPTIMIZERS.register("adagrad")(torch.optim.Adagrad)
 OPTIMIZERS.register("sgd")(torch.optim.SGD)
 OPTIMIZERS.register("rmsprop")(torch.optim.RMSprop)
+
+
+def optimizer_options(t) -> dict:
+    """--optimizer-eps as the optimizer's ``eps`` (adam, adagrad, rmsprop; sgd has none)."""
+    if t.optimizer_eps is None:
+        return {}
+    if t.optimizer == "sgd":
+        raise ConfigError("--optimizer-eps applies to adam, adagrad and rmsprop; sgd has no ε: drop the flag")
+    return {"eps": t.optimizer_eps}
 
 
 def check_names(cfg: Config) -> None:
@@ -54,7 +64,7 @@ def check_names(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     for registry, name in ((MODELS, m.model), (NETS, m.net), (ACTIVATIONS, m.activation), (POSTERIORS, m.posterior),
                            (PRIORS, m.prior), (LIKELIHOODS, m.likelihood), (OPTIMIZERS, t.optimizer),
-                           (ESTIMATORS, t.estimator), (SCHEDULES, t.beta_schedule)):
+                           (ESTIMATORS, t.estimator), (SCHEDULES, t.beta_schedule), (LR_SCHEDULES, t.lr_schedule)):
         registry[name]
     if t.algorithm is not None:
         ALGORITHMS[t.algorithm]
@@ -103,7 +113,8 @@ class Trainer:
         self.model.check_support(data.train_x, "the training data")
         self.model.check_support(data.test_x, "the test data")
         self.model.to(self.device)
-        self.optimizer = OPTIMIZERS[t.optimizer](self.model.parameters(), lr=t.lr)
+        self.optimizer = OPTIMIZERS[t.optimizer](self.model.parameters(), lr=t.lr, **optimizer_options(t))
+        self.schedule = LR_SCHEDULES[t.lr_schedule](self.optimizer, t)
         t.algorithm = t.algorithm or default_algorithm(self.model)
         self.algorithm = ALGORITHMS[t.algorithm](cfg, self.model, self.optimizer, data, self.device, self.group)
         self.warnings = [w for w in (check_precision(t.precision, self.device),) if w] + self.algorithm.warnings
@@ -283,13 +294,13 @@ def _train(trainer: Trainer, data: Dataset, out, resume: bool, overwrite: bool, 
         run = Path(out)
 
         def load() -> int:  # rank 0 first: loading tidies what a killed save left
-            epoch = rundir.load_checkpoint(run, trainer.model, trainer.optimizer)
+            epoch = rundir.load_checkpoint(run, trainer.model, trainer.optimizer, trainer.schedule)
             rundir.truncate_metrics(run, epoch)
             rundir.rewrite_config(run, cfg, meta)
             return epoch
         start = group.on_main(load)
         if not group.main:
-            rundir.load_checkpoint(run, trainer.model, trainer.optimizer)
+            rundir.load_checkpoint(run, trainer.model, trainer.optimizer, trainer.schedule)
         rollbacks = (rundir.read_metrics(run)[-1:] or [{}])[0].get("nan_rollbacks") or 0
     else:
         run = Path(out) if out else rundir.default_path(cfg)
@@ -353,11 +364,14 @@ def run_epochs(trainer: Trainer, run: Path, start: int, rollbacks: int, stop: St
                            f"{lr:.3g} -> {lr * t.nan_lr_factor:.3g} (rollback {rollbacks} of {t.nan_retries})")
             continue
         record |= trainer.test()
+        if snapshot is not None or trainer.schedule is not None:  # the rate this epoch ran at
+            record["lr"] = trainer.optimizer.param_groups[0]["lr"]
         if snapshot is not None:
-            record |= {"lr": trainer.optimizer.param_groups[0]["lr"], "nan_rollbacks": rollbacks}
+            record["nan_rollbacks"] = rollbacks
+        step_schedule(trainer.schedule, record)
         if trainer.group.main:  # metrics first: killed between the two, a resume truncates the metrics to the checkpoint
             rundir.append_metrics(run, record)
-            rundir.save_checkpoint(run, trainer.model, trainer.optimizer, epoch)
+            rundir.save_checkpoint(run, trainer.model, trainer.optimizer, epoch, trainer.schedule)
         if not quiet:
             tqdm.write(f"epoch {epoch:>3}/{t.epochs}  train ELBO {record['train_elbo']:9.3f}  "
                        f"test ELBO {record['test_elbo']:9.3f}  test KL {record['test_kl']:7.3f}  "

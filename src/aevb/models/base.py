@@ -65,6 +65,12 @@ class LatentModel(nn.Module, ABC):
         """DataError naming ``what`` (e.g. "the training data") where x lies outside what p(x|z) can score."""
         self.likelihood.check_support(x, what)
 
+    @property
+    def latent_layers(self) -> tuple[int, ...]:
+        """The sizes of the stochastic layers that z concatenates (one layer: (latent_dim,)); the
+        evaluator counts active units per layer, as Burda et al. 2015 do."""
+        return (self.latent_dim,)
+
     def has_analytic_kl(self) -> bool:
         """Whether KL(q(z|x) ‖ p(z)) has a registered closed form (decided once per model)."""
         if self._analytic_kl is None:
