@@ -43,20 +43,20 @@ class Parser(argparse.ArgumentParser):
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One --flag per config field (--latent-dim, --likelihood, ...), type-checked by aevb.config."""
-    from .config import SECTIONS, field_types
+    from .config import HELP, SECTIONS, field_types
 
     for section in SECTIONS:
         group = parser.add_argument_group(f"[{section}] settings (override --config)")
         for name, (sec, tp) in field_types().items():
             if sec != section:
                 continue
-            flag = "--" + name.replace("_", "-")
+            flag, more = "--" + name.replace("_", "-"), {"help": HELP[name]} if name in HELP else {}
             if tp is bool:
-                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, **more)
             elif typing.get_origin(tp) is list:
-                group.add_argument(flag, dest=name, nargs="+", default=argparse.SUPPRESS, metavar="N")
+                group.add_argument(flag, dest=name, nargs="+", default=argparse.SUPPRESS, metavar="N", **more)
             else:
-                group.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper())
+                group.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper(), **more)
 
 
 def config_from_args(args) -> "Config":
@@ -287,9 +287,11 @@ def cmd_experiment_theta(args) -> None:
 def cmd_datasets(args) -> None:
     from .data import available
 
-    for name, where in available(args.data_dir):
-        print(f"{name:<15}{where or 'not here (aevb train --dataset ' + name + ' says how to get it)'}")
-    print(f"{'npz:PATH':<15}your own arrays: numpy.savez(PATH, x_train=..., x_test=..., [y_train=..., y_test=...])")
+    found = available(args.data_dir)
+    width = max(len(name) for name, _ in found) + 2
+    for name, where in found:
+        print(f"{name:<{width}}{where or 'not here (aevb train --dataset ' + name + ' says how to get it)'}")
+    print(f"{'npz:PATH':<{width}}your own arrays: numpy.savez(PATH, x_train=..., x_test=..., [y_train=..., y_test=...])")
 
 
 def positive_int(text: str) -> int:
