@@ -50,13 +50,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         for name, (sec, tp) in field_types().items():
             if sec != section:
                 continue
-            flag, more = "--" + name.replace("_", "-"), {"help": HELP[name]} if name in HELP else {}
+            flag = "--" + name.replace("_", "-")
+            kw = {"dest": name, "default": argparse.SUPPRESS, "help": HELP.get(name)}
             if tp is bool:
-                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, **more)
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             elif typing.get_origin(tp) is list:
-                group.add_argument(flag, dest=name, nargs="+", default=argparse.SUPPRESS, metavar="N", **more)
+                group.add_argument(flag, nargs="+", metavar="N", **kw)
             else:
-                group.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper(), **more)
+                group.add_argument(flag, metavar=name.split("_")[-1].upper(), **kw)
 
 
 def config_from_args(args) -> "Config":
@@ -291,7 +292,8 @@ def cmd_datasets(args) -> None:
     width = max(len(name) for name, _ in found) + 2
     for name, where in found:
         print(f"{name:<{width}}{where or 'not here (aevb train --dataset ' + name + ' says how to get it)'}")
-    print(f"{'npz:PATH':<{width}}your own arrays: numpy.savez(PATH, x_train=..., x_test=..., [y_train=..., y_test=...])")
+    print(f"{'npz:PATH':<{width}}your own arrays: "
+          "numpy.savez(PATH, x_train=..., x_test=..., [y_train=..., y_test=...])")
 
 
 def positive_int(text: str) -> int:

@@ -85,7 +85,8 @@ class IDXDataset(DatasetSpec):
         return check_split(train_x[:, None], train_y, test_x[:, None], test_y, name=str(folder))
 
     def fetch(self, root):
-        download_all(root / self.name, self.mirrors, {name: self.digests[name] for name in self.FILES}, ".gz", gunzipped=True)
+        digests = {name: self.digests[name] for name in self.FILES}
+        download_all(root / self.name, self.mirrors, digests, ".gz", gunzipped=True)
         return root / self.name / (self.FILES[0] + ".gz")
 
 

@@ -77,7 +77,8 @@ def download(urls: list[str], target: Path, digest: str, gunzipped: bool = False
     return target
 
 
-def download_all(folder: Path, mirrors: list[str], digests: dict[str, str], suffix: str = "", gunzipped: bool = False) -> None:
+def download_all(folder: Path, mirrors: list[str], digests: dict[str, str], suffix: str = "",
+                 gunzipped: bool = False) -> None:
     """Download every file NAME of ``digests`` (NAME -> SHA-256) as MIRROR + NAME + suffix, from the
     first mirror that has it, and verify them all before any is written into ``folder``, so that a
     failure leaves no partial dataset behind."""
