@@ -168,8 +168,9 @@ def read_cifar10_tar(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 
 def read_binary_amat(path: Path, columns: int) -> np.ndarray:
     """A text matrix of 0/1 values (Larochelle's .amat: one row per line, values separated by
-    spaces; blank lines skipped) as a bool array (N, columns). numpy's C parser reads the
-    50,000 × 784 binarised MNIST training file in ~0.7 s."""
+    spaces; blank lines skipped) as a bool array (N, columns). Parsed as uint8 by numpy's C reader:
+    the 50,000 × 784 binarised MNIST training file in 0.7–1.7 s on a 2-core EPYC, ~10× faster than
+    as float64 (np.loadtxt's default) or line by line in Python."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # an empty file: refused below by its shape
