@@ -43,7 +43,7 @@ class Parser(argparse.ArgumentParser):
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One --flag per config field (--latent-dim, --likelihood, ...), type-checked by aevb.config."""
-    from .config import SECTIONS, field_types
+    from .config import HELP, SECTIONS, field_types
 
     for section in SECTIONS:
         group = parser.add_argument_group(f"[{section}] settings (override --config)")
@@ -51,12 +51,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             if sec != section:
                 continue
             flag = "--" + name.replace("_", "-")
+            kw = {"dest": name, "default": argparse.SUPPRESS, "help": HELP.get(name)}
             if tp is bool:
-                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             elif typing.get_origin(tp) is list:
-                group.add_argument(flag, dest=name, nargs="+", default=argparse.SUPPRESS, metavar="N")
+                group.add_argument(flag, nargs="+", metavar="N", **kw)
             else:
-                group.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper())
+                group.add_argument(flag, metavar=name.split("_")[-1].upper(), **kw)
 
 
 def config_from_args(args) -> "Config":
@@ -302,9 +303,12 @@ def cmd_reproduce(args) -> None:
 def cmd_datasets(args) -> None:
     from .data import available
 
-    for name, where in available(args.data_dir):
-        print(f"{name:<15}{where or 'not here (aevb train --dataset ' + name + ' says how to get it)'}")
-    print(f"{'npz:PATH':<15}your own arrays: numpy.savez(PATH, x_train=..., x_test=..., [y_train=..., y_test=...])")
+    found = available(args.data_dir)
+    width = max(len(name) for name, _ in found) + 2
+    for name, where in found:
+        print(f"{name:<{width}}{where or 'not here (aevb train --dataset ' + name + ' says how to get it)'}")
+    print(f"{'npz:PATH':<{width}}your own arrays: "
+          "numpy.savez(PATH, x_train=..., x_test=..., [y_train=..., y_test=...])")
 
 
 def positive_int(text: str) -> int:

@@ -129,6 +129,13 @@ SPLITS = ("standard", "80/20")
 PRECISION = ("32", "bf16-mixed", "16-mixed")
 THETA = ("ml", "map", "vb")
 CHOICES = {"binarize": BINARIZE, "on_nan": ON_NAN, "split": SPLITS, "precision": PRECISION, "theta": THETA}  # fixed choices (registered names are checked by their registry)
+HELP = {  # the flags' help lines, where the name alone could mislead
+    "dataset": "a registered dataset ('aevb datasets' lists them) or npz:PATH (default mnist)",
+    "binarize": "pixels drawn from Bernoulli(grey level): none (default); dynamic (the training set afresh in every "
+                "batch, the test set once, as in Burda et al. 2015); static (both once, by aevb's fixed seed: on mnist "
+                "a fixed binarisation of our MNIST, NOT the Larochelle & Murray set of the papers' 'static' numbers; "
+                "for that set use --dataset binarized-mnist)",
+}
 
 
 def field_types() -> dict[str, tuple[str, type]]:

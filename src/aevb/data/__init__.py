@@ -48,7 +48,12 @@ def load_dataset(cfg) -> Dataset:
     if cfg.dataset.startswith("npz:"):
         (tx, ty, sx, sy), source = read_user_npz(Path(cfg.dataset[4:]).expanduser()), cfg.dataset[4:]
     else:
-        (tx, ty, sx, sy), source = DATASETS[cfg.dataset].load(data_dir(cfg.data_dir), cfg.download)
+        spec = DATASETS[cfg.dataset]
+        if spec.binary and cfg.binarize != "none":  # Bernoulli(0 or 1) is the pixel itself: a silent no-op misleads
+            raise ConfigError(f"--binarize {cfg.binarize} has nothing to do on {cfg.dataset}, whose pixels are already "
+                              "0/1 (one fixed draw by its publisher); drop it, or use --dataset mnist --binarize "
+                              "dynamic for MNIST binarised afresh in every batch")
+        (tx, ty, sx, sy), source = spec.load(data_dir(cfg.data_dir), cfg.download)
     if cfg.split == "standard":  # cut before converting: a report on 200 test images converts no training set
         tx, ty, sx, sy = cut(tx, cfg.train_size), cut(ty, cfg.train_size), cut(sx, cfg.test_size), cut(sy, cfg.test_size)
     ds = Dataset(cfg.dataset, source, as_float(tx, "train"), as_labels(ty), as_float(sx, "test"), as_labels(sy))

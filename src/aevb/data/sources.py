@@ -75,3 +75,14 @@ def download(urls: list[str], target: Path, digest: str, gunzipped: bool = False
     ``gunzipped``) and only then write it to ``target`` (atomically); a mismatch writes nothing."""
     atomic_write_bytes(target, fetch_verified(urls, digest, target.name, gunzipped, timeout))
     return target
+
+
+def download_all(folder: Path, mirrors: list[str], digests: dict[str, str], suffix: str = "",
+                 gunzipped: bool = False) -> None:
+    """Download every file NAME of ``digests`` (NAME -> SHA-256) as MIRROR + NAME + suffix, from the
+    first mirror that has it, and verify them all before any is written into ``folder``, so that a
+    failure leaves no partial dataset behind."""
+    data = {name + suffix: fetch_verified([m + name + suffix for m in mirrors], digest, name + suffix, gunzipped)
+            for name, digest in digests.items()}
+    for name, content in data.items():
+        atomic_write_bytes(folder / name, content)
