@@ -490,7 +490,8 @@ def build_parser() -> Parser:
     p.add_argument("--list", action="store_true", help="name every reproduction with its budgets")
     p.add_argument("--budget", choices=["smoke", "quick", "paper"], default="quick",
                    help="smoke: seconds (a check); quick: minutes to hours on a CPU; paper: the paper's own schedule")
-    p.add_argument("--rows", help="comma-separated rows of the table (default: all; see --list)")
+    p.add_argument("--rows", help="comma-separated rows of the table (default: all); burda2015: "
+                   "{vae,iwae}-k{1,5,50}-{1,2}layer, e.g. vae-k1-1layer,iwae-k5-1layer")
     p.add_argument("--out", help="the folder (default reproduce/NAME-BUDGET)")
     p.add_argument("--data-dir")
     p.add_argument("--quiet", action="store_true", help="print the table only")

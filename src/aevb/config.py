@@ -135,6 +135,13 @@ HELP = {  # the flags' help lines, where the name alone could mislead
                 "batch, the test set once, as in Burda et al. 2015); static (both once, by aevb's fixed seed: on mnist "
                 "a fixed binarisation of our MNIST, NOT the Larochelle & Murray set of the papers' 'static' numbers; "
                 "for that set use --dataset binarized-mnist)",
+    "hidden2": "--model hierarchical: the hidden layers between z1 and z2 (default 50 50)",
+    "latent_dim2": "--model hierarchical: the size of z2 (default 50; --latent-dim is z1's)",
+    "optimizer_eps": "the ε of adam, adagrad and rmsprop (default: torch's; Burda et al. 2015 use 1e-4 with adam)",
+    "lr_schedule": "constant (default), burda (3^i epochs at lr·10^(-i/7), i = 0…7), step, cosine or plateau",
+    "lr_gamma": "step and plateau: the factor of each decrease (default 0.1)",
+    "lr_step": "step: epochs between decreases (default a third of the epochs)",
+    "lr_patience": "plateau: epochs without a better training ELBO before a decrease (default 5)",
 }
 
 
