@@ -124,7 +124,8 @@ class CountLikelihood(Likelihood):
     def check_support(self, x: torch.Tensor, name: str) -> None:
         if not x.numel():
             return
-        what = f"the {self.registered_name} likelihood needs counts 0, 1, 2, ..."
+        counts = "0, 1, 2, ..." if self.trials is None else f"0, 1, ..., {self.trials}"
+        what = f"the {self.registered_name} likelihood needs counts {counts}"
         if x.min() < 0:
             raise DataError(f"{name} has negative values (down to {x.min().item():.3g}) but {what}; "
                             "choose --likelihood gaussian or laplace")
