@@ -49,6 +49,9 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     likelihood_scale: str = "shared"
     likelihood_scale_init: float = 1.0
+    library_size: str = "observed"  # poisson and negative binomials: μ = (Σ_i x_i) softmax(h), or none: μ = exp(h)
+    likelihood_dispersion: str = "feature"  # negative binomials: θ learned per feature, shared, or predicted (a head)
+    likelihood_trials: typing.Optional[int] = None  # binomial: the number of trials N of every feature (255: 8-bit)
     init_std: typing.Optional[float] = None
     theta: str = "ml"  # the decoder's parameters: ml (a point), map (with a Gaussian prior) or vb (a Gaussian q(θ)); see models/theta.py
     theta_prior_scale: float = 1.0  # p(θ) = N(0, scale²) on each decoder weight and bias (map, vb)
@@ -119,7 +122,7 @@ POSITIVE_ITEMS = {"hidden", "conv_channels", "hidden2"}  # layer sizes: every it
 POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs", "batch_size", "samples",
             "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
             "nan_retries", "labelled", "labelled_batch_size", "labelled_weight", "labelled_every",
-            "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step"}
+            "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step", "likelihood_trials"}
 NON_NEGATIVE = {"beta", "beta_y", "warmup_epochs", "alpha", "lr_patience"}
 AT_MOST_ONE = {"cycle_ratio": "(0, 1]", "labelled_weight": "(0, 1]"}  # fractions: upper bound inclusive
 BELOW_ONE = {"nan_lr_factor": "(0, 1)", "lr_gamma": "(0, 1)"}  # fractions: upper bound exclusive

@@ -2,10 +2,12 @@
 from . import kl as _kl  # noqa: F401  (registers the extra closed-form KLs)
 from .families import Erlang, Gompertz, InverseCDF, Logistic, MultivariateStudentT, Rayleigh, Reciprocal, Triangular
 from .likelihoods import LIKELIHOODS, SCALE_MODES, Likelihood
+from .counts import CountLikelihood, LogRatePoisson, ZeroInflatedNegativeBinomial  # registers the count likelihoods
 from .posteriors import POSTERIORS, PosteriorFamily
 from .priors import PRIORS
 
 __all__ = [
-    "LIKELIHOODS", "POSTERIORS", "PRIORS", "SCALE_MODES", "Erlang", "Gompertz", "InverseCDF", "Likelihood", "Logistic",
-    "MultivariateStudentT", "PosteriorFamily", "Rayleigh", "Reciprocal", "Triangular",
+    "LIKELIHOODS", "POSTERIORS", "PRIORS", "SCALE_MODES", "CountLikelihood", "Erlang", "Gompertz", "InverseCDF",
+    "Likelihood", "LogRatePoisson", "Logistic", "MultivariateStudentT", "PosteriorFamily", "Rayleigh", "Reciprocal",
+    "Triangular", "ZeroInflatedNegativeBinomial",
 ]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.distributions import ContinuousBernoulli, Bernoulli, Distribution, Independent, Laplace, Normal
 
+from ..config import ModelConfig
 from ..errors import ConfigError, DataError
 from ..registry import Registry
 
@@ -18,11 +19,26 @@ LIKELIHOODS: Registry[type["Likelihood"]] = Registry("likelihood")
 SCALE_MODES = ("fixed", "shared", "per_pixel", "predicted")
 
 
+# the ModelConfig fields that configure a likelihood; each likelihood names those it reads in ``options``
+OPTIONS = ("likelihood_scale", "likelihood_scale_init", "library_size", "likelihood_dispersion", "likelihood_trials")
+
+
+def _listed(names: list[str]) -> str:
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _takers(option: str) -> list[str]:
+    """The registered likelihoods that read ``option``."""
+    return [name for name in LIKELIHOODS if option in LIKELIHOODS[name].options]
+
+
 class Likelihood(nn.Module):
     """Base: ``forward(h)`` gives p(x|z) with event shape ``x_shape``; ``check_support`` rejects data
-    the likelihood cannot score."""
+    the likelihood cannot score. ``options`` are the ModelConfig fields passed to the constructor
+    after ``x_shape``, in order."""
 
     support: tuple[float, float] | None = None
+    options: tuple[str, ...] = ()
 
     def __init__(self, x_shape: tuple[int, ...]):
         super().__init__()
@@ -30,9 +46,16 @@ class Likelihood(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, x_shape) -> "Likelihood":
-        if cfg.likelihood_scale != "shared" or cfg.likelihood_scale_init != 1.0:
-            raise ConfigError(f"--likelihood-scale and --likelihood-scale-init apply to gaussian and laplace, not {cls.registered_name}")
-        return cls(x_shape)
+        """The likelihood with its ``options`` read from cfg; a ConfigError where cfg sets an option
+        that this likelihood does not take (it would be silently ignored)."""
+        defaults = ModelConfig()
+        for option in OPTIONS:
+            if option not in cls.options and getattr(cfg, option) != getattr(defaults, option):
+                takers = _takers(option)
+                flags = [f"--{o.replace('_', '-')}" for o in OPTIONS if _takers(o) == takers]
+                raise ConfigError(f"{_listed(flags)} appl{'y' if len(flags) > 1 else 'ies'} to {_listed(takers)}, "
+                                  f"not {cls.registered_name}")
+        return cls(x_shape, *(getattr(cfg, option) for option in cls.options))
 
     @property
     def n_heads(self) -> int:
@@ -81,10 +104,7 @@ class _LocationScaleLikelihood(Likelihood):
     (a learned map of x's shape) or ``predicted`` (a second decoder head, h = [mean, log scale])."""
 
     family: type[Distribution]
-
-    @classmethod
-    def from_config(cls, cfg, x_shape):
-        return cls(x_shape, cfg.likelihood_scale, cfg.likelihood_scale_init)
+    options = ("likelihood_scale", "likelihood_scale_init")
 
     def __init__(self, x_shape, scale: str = "shared", scale_init: float = 1.0):
         super().__init__(x_shape)
