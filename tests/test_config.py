@@ -103,8 +103,8 @@ def positive_cases():
         for bad in (0, -1):
             value = bad if "int" in str(types[key][1]) else float(bad)
             cases.append((key, value))
-    cases += [(key, -0.5) for key in sorted(config_module.NON_NEGATIVE)]
-    cases += [(k, v) for k in ("hidden", "conv_channels") for v in ([0], [16, -4])]  # layer sizes, item by item
+    cases += [(key, -1 if "int" in str(types[key][1]) else -0.5) for key in sorted(config_module.NON_NEGATIVE)]
+    cases += [(k, v) for k in sorted(config_module.POSITIVE_ITEMS) for v in ([0], [16, -4])]  # layer sizes, item by item
     return cases
 
 
