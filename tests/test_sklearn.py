@@ -88,7 +88,7 @@ def test_grid_search_over_latent_dim():
     X = unit_data(n=60)
     y = (X[:, 0] > 0.5).astype(int)
     pipe = Pipeline([("vae", VAETransformer(**TINY, random_state=0)), ("clf", LogisticRegression())])
-    search = GridSearchCV(pipe, {"vae__latent_dim": [1, 3]}, cv=2).fit(X, y)
+    search = GridSearchCV(pipe, {"vae__latent_dim": np.array([1, 3])}, cv=2).fit(X, y)  # numpy ints
     assert search.best_estimator_.named_steps["vae"].transform(X).shape == (60, search.best_params_["vae__latent_dim"])
     assert set(search.cv_results_["param_vae__latent_dim"]) == {1, 3}
 

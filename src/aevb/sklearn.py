@@ -25,6 +25,16 @@ from .objectives import Estimator
 from .train import Trainer, check_names, check_parameters, resolve_device
 
 FLOATS = (np.float64, np.float32)  # what transform returns is X's own float type
+PARAMETERS = ("latent_dim", "hidden", "activation", "likelihood", "posterior", "prior",  # aevb config keys
+              "epochs", "batch_size", "lr", "optimizer", "beta", "estimator", "samples", "device")
+
+
+def plain(value):
+    """A parameter as aevb's config takes it: a tuple as a list, a numpy scalar (a parameter grid's
+    np.arange) as the Python number."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return list(value) if isinstance(value, tuple) else value
 
 
 class InputError(DataError, ValueError, TypeError):
@@ -98,16 +108,11 @@ class VAETransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def config(self, X: np.ndarray) -> Config:
         """The aevb Config of a fit on X: the parameters checked by aevb's own config rules, the
         likelihood resolved and the seed drawn from ``random_state``."""
-        model_keys = ("latent_dim", "hidden", "activation", "posterior", "prior")
-        train_keys = ("epochs", "batch_size", "lr", "optimizer", "beta", "estimator", "samples", "device")
-        plain = lambda v: v.item() if isinstance(v, np.generic) else list(v) if isinstance(v, tuple) else v  # noqa: E731
-        likelihood = self.likelihood
-        if likelihood == "auto":
-            likelihood = "bernoulli" if X.min() >= 0 and X.max() <= 1 else "gaussian"
-        cfg = Config.from_dict({"model": {k: plain(getattr(self, k)) for k in model_keys} | {"likelihood": likelihood},
-                                "train": {k: plain(getattr(self, k)) for k in train_keys}
-                                | {"seed": int(check_random_state(self.random_state).randint(2**31 - 1))}},
-                               where="the VAETransformer parameters")
+        params = {key: plain(getattr(self, key)) for key in PARAMETERS}
+        if params["likelihood"] == "auto":
+            params["likelihood"] = "bernoulli" if X.min() >= 0 and X.max() <= 1 else "gaussian"
+        params["seed"] = int(check_random_state(self.random_state).randint(2**31 - 1))
+        cfg = Config.from_dict(params, where="the VAETransformer parameters")
         check_names(cfg)
         return cfg
 
