@@ -124,7 +124,7 @@ class VAETransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         cfg = self.config(X)
         x = torch.tensor(X, dtype=torch.float32)
         with seeded(cfg.train.seed):
-            trainer = Trainer(cfg, Dataset("array", "the X given to fit", x, None, x, None))
+            trainer = Trainer(cfg, Dataset("array", "the X given to fit", x, None, x[:0], None))  # no test set
             history = []
             for epoch in range(1, cfg.train.epochs + 1):
                 try:
@@ -137,6 +137,7 @@ class VAETransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return self
 
     def tensor(self, X: np.ndarray) -> torch.Tensor:
+        """X as float32 on the model's device (a copy: read-only arrays are fine)."""
         return torch.tensor(X, dtype=torch.float32, device=next(self.model_.parameters()).device)
 
     def transform(self, X) -> np.ndarray:
@@ -167,6 +168,7 @@ class VAETransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             return elbo_terms(self.model_, x, Estimator(t.estimator, t.samples), t.eval_batch_size)["elbo"]
 
     def __sklearn_tags__(self):
+        """transform keeps float32 as float32 (the networks compute in float32 either way)."""
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
@@ -180,6 +182,7 @@ class VAETransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return state
 
     def __setstate__(self, state: dict) -> None:
+        """The model rebuilt from its config, its safetensors weights loaded strictly, on its device."""
         if "model_" in state:
             cfg = Config.from_dict(state["config_"], where="the pickled VAETransformer")
             model = build_model(cfg.model, (state["n_features_in_"],))
