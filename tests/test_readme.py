@@ -3,6 +3,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from aevb.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,6 +13,11 @@ README = (ROOT / "README.md").read_text()
 
 def bash_blocks() -> list[str]:
     return re.findall(r"```bash\n(.*?)```", README, re.S)
+
+
+def section(title: str) -> str:
+    """The text of the README's '## title' section."""
+    return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def test_ci_runs_exactly_the_readme_test_command():
@@ -41,3 +48,15 @@ def test_every_usage_line_parses():
 def test_configs_named_in_the_readme_exist():
     for name in re.findall(r"configs/[\w.-]+\.toml", README):
         assert (ROOT / name).is_file(), name
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_scikit_learn_example_runs_and_selects_8_latent_dimensions():
+    """The scikit-learn section's Python as written: 7 fits of about a second; the grid search picks 8
+    dimensions (cross-validated 0.84 against 0.58 for 2) and scores 0.871 on the held-out digits."""
+    namespace = {}
+    for block in re.findall(r"```python\n(.*?)```", section("scikit-learn"), re.S):
+        exec(compile(block, "README.md", "exec"), namespace)
+    search = namespace["search"]
+    assert search.best_params_ == {"vae__latent_dim": 8}
+    assert search.score(namespace["X_test"], namespace["y_test"]) > 0.8
