@@ -93,7 +93,7 @@ def summary(e: ImportanceEstimate) -> dict:
     if e.khat is None:
         return {"k": e.k, "value": e.log_p.mean().item(), "standard_error": (e.delta_se.pow(2).sum().sqrt() / n).item(),
                 "standard_error_method": f"delta method: k < {MIN_DIAGNOSED_K} samples are too few to diagnose"}
-    worst = torch.argsort(e.khat, descending=True)[:WORST].tolist()
+    worst = torch.argsort(e.khat, descending=True, stable=True)[:WORST].tolist()
     return {"k": e.k, "value": e.log_p.mean().item(),
             "standard_error": (e.se_all.pow(2).sum().sqrt() / n).item(),
             "standard_error_method": f"batch means, B = {BATCHES}",
