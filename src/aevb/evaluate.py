@@ -17,7 +17,7 @@ from torch.distributions import (Distribution, Independent, MixtureSameFamily, M
                                  kl_divergence)
 
 from .compiling import compiled, compiler_missing, failure
-from .inference.importance import MIN_DIAGNOSED_K, ImportanceEstimate, diagnose_weights, summary
+from .inference.importance import MIN_DIAGNOSED_K, ImportanceEstimate, diagnose_weights, estimate, summary
 from .inference.importance import warning as importance_warning
 from .memory import DEFAULT_MAX_MEMORY, PassCost, chunk_sizes, pass_budget, pass_cost
 from .models import ClassLatent, Classifier, reported_terms
@@ -99,8 +99,8 @@ def importance_estimate(model, x: torch.Tensor, k: int, max_memory: int = DEFAUL
             diagnosed.append(diagnose_weights(torch.cat(kept).T))
         bar.update(len(xb))
     bar.close()
-    joined = {name: torch.cat([d[name] for d in diagnosed]) for name in ("khat", "ess", "se_all", "se")} if diagnose else {}
-    return ImportanceEstimate(k, torch.cat(log_p), torch.cat(se), **joined)
+    joined = {name: torch.cat([d[name] for d in diagnosed]) for name in diagnosed[0]} if diagnose else {}
+    return estimate(k, torch.cat(log_p), torch.cat(se), **joined)
 
 
 def importance_sampled(model, x: torch.Tensor, k: int, max_memory: int = DEFAULT_MAX_MEMORY,
