@@ -43,8 +43,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else Path(tmp) / "run"
         if not args.run:
-            subprocess.run([sys.executable, "-m", "aevb.cli", "train", "--config", str(ROOT / "configs/pytorch-examples.toml"),
-                            "--out", str(run), "--no-report"], check=True)
+            subprocess.run([sys.executable, "-m", "aevb.cli", "train", "--config",
+                            str(ROOT / "configs/pytorch-examples.toml"), "--out", str(run), "--no-report"], check=True)
         model = aevb.load(run)
         cfg, _ = read_config(run)
         cfg.data.train_size, cfg.data.test_size = 1, args.n
@@ -75,8 +75,8 @@ def main() -> None:
           f"{flagged.any(0).double().mean().item():.4f} in any replicate; with {GOOD_KHAT} < k̂ ≤ {RELIABLE_KHAT}: "
           f"{((khat > GOOD_KHAT) & ~flagged).double().mean().item():.4f}")
     if flagged.any():
-        print(f"    their mean sd of the replicates {spread[flagged.any(0)].mean().item():.4f} nats, mean delta-method s.e. "
-              f"{delta[flagged].mean().item():.4f}")
+        print(f"    their mean sd of the replicates {spread[flagged.any(0)].mean().item():.4f} nats, "
+              f"mean delta-method s.e. {delta[flagged].mean().item():.4f}")
     means = log_p.mean(1)
     sums = [summary(e) for e in estimates]
     print(f"(c) mean over images, by replicate: {', '.join(f'{m:.4f}' for m in means.tolist())}")

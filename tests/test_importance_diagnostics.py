@@ -78,9 +78,9 @@ def test_calibrated_interval_covers_the_exact_log_likelihood_at_the_nominal_rate
 def _evaluation(khat: torch.Tensor) -> dict:
     """The least result of aevb.evaluate that format_evaluation prints, with these k̂ (and matching weights)."""
     n = len(khat)
-    e = ImportanceEstimate(5000, torch.full((n,), -90.0, dtype=torch.float64), torch.full((n,), 0.1, dtype=torch.float64),
-                           khat, torch.full((n,), 100.0, dtype=torch.float64), torch.full((n,), 0.2, dtype=torch.float64),
-                           torch.full((n,), 0.2, dtype=torch.float64).masked_fill(khat > RELIABLE_KHAT, math.nan))
+    full = lambda v: torch.full((n,), v, dtype=torch.float64)  # noqa: E731
+    e = ImportanceEstimate(5000, full(-90.0), full(0.1), khat, full(100.0), full(0.2),
+                           full(0.2).masked_fill(khat > RELIABLE_KHAT, math.nan))
     return {"n": n, "elbo_A": {"elbo": -95.0, "log_px_z": -70.0, "kl": 25.0}, "iwae": {"5000": -90.0},
             "log_likelihood": summary(e), "bits_per_dim": 0.1}
 

@@ -88,7 +88,8 @@ def importance_estimate(model, x: torch.Tensor, k: int, max_memory: int = DEFAUL
         kept = []
         for start in range(0, k, chunk):
             lw = run_pass(model, xb, min(chunk, k - start))
-            lse1, lse2 = torch.logaddexp(lse1, torch.logsumexp(lw, 0)), torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
+            lse1 = torch.logaddexp(lse1, torch.logsumexp(lw, 0))
+            lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
             if diagnose:
                 kept.append(lw)
         log_mean_w = lse1 - math.log(k)
