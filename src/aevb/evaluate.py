@@ -276,7 +276,8 @@ def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
              max_memory: int = DEFAULT_MAX_MEMORY, progress: bool = False, y: torch.Tensor | None = None,
              precision: str = "32", compile: bool = False) -> dict:
     """Test-set ELBO (A, and B where a closed-form KL exists), the IWAE bound for every k, the IS
-    log-likelihood at the largest k with its standard error, in nats per datapoint and bits/dim,
+    log-likelihood at the largest k with its calibrated standard error and its diagnostics (ESS, Pareto k̂:
+    aevb.inference.importance.summary), in nats per datapoint and bits/dim,
     the diagnostics (KL per dimension, active units, a collapse warning) and, for a
     semi-supervised model given the labels ``y``, its class metrics. In fp32 unless ``precision``
     says otherwise (the networks alone then run in bf16 or fp16; see aevb.precision); with
