@@ -99,4 +99,5 @@ def test_format_evaluation_warns_when_more_than_one_percent_have_khat_above_0_7(
         :10 - min(flagged, 10)]
     table = format_evaluation(r)
     assert ("Pareto k̂ > 0.7" in table) == warned and (warning(ll) is not None) == warned
+    assert ("unreliable: see the warning" in table) == warned and ll["reliable"] != warned
     assert "s.e. by the delta method" in table and "ESS, mean and least" in table

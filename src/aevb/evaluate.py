@@ -319,7 +319,8 @@ def format_evaluation(r: dict) -> str:
     rows += [(f"IWAE bound, k={k}", v) for k, v in r["iwae"].items()]
     ll = r["log_likelihood"]
     lines = [f"test set: {r['n']} datapoints, nats per datapoint"] + [f"{name:<34}{v:>12.3f}" for name, v in rows]
-    lines.append(f"{'log p(x), importance sampled':<34}{ll['value']:>12.3f}  ± {ll['standard_error']:.3f} (k={ll['k']})")
+    lines.append(f"{'log p(x), importance sampled':<34}{ll['value']:>12.3f}  ± {ll['standard_error']:.3f} (k={ll['k']}"
+                 + ("; unreliable: see the warning)" if ll.get("reliable") is False else ")"))
     if "khat_share_above_0.7" in ll:
         lines.append(f"{'  s.e. by the delta method':<34}{'':>12}  ± {ll['delta_method_standard_error']:.3f}")
         lines.append(f"{'  ESS, mean and least':<34}{ll['ess_mean']:>12.1f}  {ll['ess_min']:.1f}")

@@ -130,7 +130,9 @@ def summary(e: ImportanceEstimate) -> dict:
     """The diagnostics of ``e`` over its N datapoints, for eval.json: the mean of log p̂ with its calibrated
     standard error sqrt(Σ_i se_i²)/N (every datapoint's, the unreliable ones' too: their share is given
     beside it) and the delta-method one for comparison; the mean and least ESS; the shares of datapoints
-    with 0.5 < k̂ ≤ 0.7 and k̂ > 0.7; and the WORST datapoints by k̂ (index, k̂, ESS, log p̂). Undiagnosed
+    with 0.5 < k̂ ≤ 0.7 and k̂ > 0.7, and ``reliable``: at most WARN_SHARE above 0.7 (otherwise the flagged
+    estimates may be biased by more than any spread shows: the standard error is then no error bar); and
+    the WORST datapoints by k̂ (index, k̂, ESS, log p̂). Undiagnosed
     (k < MIN_DIAGNOSED_K): the mean and the delta-method standard error, and a line saying so."""
     n = len(e.log_p)
     if e.khat is None:
@@ -142,7 +144,8 @@ def summary(e: ImportanceEstimate) -> dict:
             "standard_error_method": f"subsampling with an estimated rate, B = {SUBSAMPLES} batches",
             "delta_method_standard_error": (e.delta_se.pow(2).sum().sqrt() / n).item(),
             "ess_mean": e.ess.mean().item(), "ess_min": e.ess.min().item(),
-            "khat_share_above_0.7": (e.khat > RELIABLE_KHAT).double().mean().item(),
+            "khat_share_above_0.7": (share := (e.khat > RELIABLE_KHAT).double().mean().item()),
+            "reliable": share <= WARN_SHARE,
             "khat_share_0.5_to_0.7": ((e.khat > GOOD_KHAT) & (e.khat <= RELIABLE_KHAT)).double().mean().item(),
             "khat_worst": [{"index": i, "khat": e.khat[i].item(), "ess": e.ess[i].item(), "log_p": e.log_p[i].item()}
                            for i in worst]}
