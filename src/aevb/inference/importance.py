@@ -45,8 +45,8 @@ def pareto_khat(log_w: torch.Tensor) -> torch.Tensor:
     The fit is ArviZ's (``arviz_stats``' PSIS, from the group of the paper's authors; pure NumPy/SciPy):
     scipy.stats.genpareto.fit is a plain maximum-likelihood fit, without the prior, so more variable on a
     few hundred tail draws, and ~15× slower (an optimiser per datapoint: 76 against 4.5 ms at k = 5000).
-    ArviZ too fits one datapoint at a time in a Python loop: ~1-5 ms each at k = 5000, seconds for 10,000
-    test images, against the minutes their weights take. Its ``psislw`` takes log-likelihoods in the
+    ArviZ too fits one datapoint at a time in a Python loop: 1-5 ms each at k = 5000, 10-50 s for 10,000
+    test images (idle to busy 2-core CPU), against the minutes their weights take. Its ``psislw`` takes log-likelihoods in the
     convention of leave-one-out cross-validation, whose importance ratios are their reciprocals, hence
     the minus sign."""
     from arviz_stats.base import array_stats
