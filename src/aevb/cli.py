@@ -351,8 +351,9 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("evaluate", help="test-set ELBO (A and B), IWAE bounds, the IS log-likelihood and collapse diagnostics",
                        description="Test-set ELBO (estimators A and B), the IWAE bound for k = 1, 5, 50 and --k, the "
-                       "importance-sampled log-likelihood with its standard error, bits/dim, KL per latent dimension and "
-                       "active units (Burda et al. 2015), with a warning when the posterior has collapsed. Writes RUN/eval.json.")
+                       "importance-sampled log-likelihood with its standard error, ESS and Pareto k̂, bits/dim, KL per "
+                       "latent dimension and active units (Burda et al. 2015), with a warning when the posterior has "
+                       "collapsed or k̂ > 0.7 is common. Writes RUN/eval.json.")
     p.add_argument("run")
     p.add_argument("--k", type=positive_int, default=5000, help="importance samples (default 5000)")
     p.add_argument("--samples", type=positive_int, default=1, help="L, samples per datapoint for the ELBO")

@@ -17,6 +17,8 @@ from torch.distributions import (Distribution, Independent, MixtureSameFamily, M
                                  kl_divergence)
 
 from .compiling import compiled, compiler_missing, failure
+from .inference.importance import MIN_DIAGNOSED_K, ImportanceEstimate, diagnose_weights, estimate, summary
+from .inference.importance import warning as importance_warning
 from .memory import DEFAULT_MAX_MEMORY, PassCost, chunk_sizes, pass_budget, pass_cost
 from .models import ClassLatent, Classifier, reported_terms
 from .objectives import Estimator
@@ -29,10 +31,9 @@ ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2: a unit is active if C
 # the importance-sampled log-likelihood
 
 
-def _pass(model, x: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decoder pass of importance_sampled: log Σ w and log Σ w² over ``samples`` draws, per datapoint."""
-    lw = model.log_weights(x, samples).double()
-    return torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
+def _pass(model, x: torch.Tensor, samples: int) -> torch.Tensor:
+    """One decoder pass of importance_sampled: the log-weights of ``samples`` draws, (samples, N), float64."""
+    return model.log_weights(x, samples).double()
 
 
 def sampling_pass(model, x: torch.Tensor, compile: bool) -> tuple[Callable, str | None]:
@@ -58,40 +59,58 @@ def sampling_cost(model, x: torch.Tensor) -> PassCost:
 
 
 @torch.no_grad()
-def importance_sampled(model, x: torch.Tensor, k: int, max_memory: int = DEFAULT_MAX_MEMORY,
-                       cost: PassCost | None = None, progress: bool = False,
-                       run_pass: Callable = _pass) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p̂(x) = log 1/k Σ_j p(x, z_j)/q(z_j|x), z_j ~ q(z|x) (Burda et al. 2015, eq. 8), and its
-    delta-method standard error sqrt(Var(w)/k)/E[w], per datapoint: two float64 tensors of shape (N,).
+def importance_estimate(model, x: torch.Tensor, k: int, max_memory: int = DEFAULT_MAX_MEMORY,
+                        cost: PassCost | None = None, progress: bool = False, run_pass: Callable = _pass,
+                        diagnose: bool = True) -> ImportanceEstimate:
+    """log p̂(x) = log 1/k Σ_j p(x, z_j)/q(z_j|x), z_j ~ q(z|x) (Burda et al. 2015, eq. 8), per datapoint, with
+    its delta-method standard error sqrt(Var(w)/k)/E[w] and, with ``diagnose``, the Pareto k̂, the effective
+    sample size and the calibrated standard error of aevb.inference.importance.
 
-    Streams over chunks of samples with running log-sum-exps of w and w², so memory does not grow
-    with k; one pass (datapoints × samples through the decoder) stays within ``max_memory`` bytes
-    (and within CPU_PASS_BYTES on the CPU, where larger passes are slower).
-    ``cost`` is ``sampling_cost(model, x)``, measured here when not given; ``progress`` shows a bar;
-    ``run_pass`` is the pass (``sampling_pass``: eager or compiled).
+    Streams over chunks of samples with running log-sum-exps of w and w²; one pass (datapoints × samples
+    through the decoder) stays within ``max_memory`` bytes (and within CPU_PASS_BYTES on the CPU, where
+    larger passes are slower). Diagnosing keeps the k log-weights of the datapoints in flight, 8·k bytes
+    each: a small fraction of a pass, whose every sample costs far more (the decoder's output for it), and
+    8 MB a datapoint at k = 10⁶. ``cost`` is ``sampling_cost(model, x)``, measured here when not given;
+    ``progress`` shows a bar; ``run_pass`` is the pass (``sampling_pass``: eager or compiled).
     """
     from tqdm.auto import tqdm
 
     model.eval()
     cost = cost or sampling_cost(model, x)
     batch, chunk = chunk_sizes(cost, k, len(x), pass_budget(max_memory, x.device))
-    log_p, se = [], []
+    log_p, se, diagnosed = [], [], []
     bar = tqdm(total=len(x), desc=f"importance sampling, k={k}", unit="datapoint", disable=not progress,
                leave=False, mininterval=1.0)
     for i in range(0, len(x), batch):
         xb = x[i:i + batch]
         lse1 = torch.full((len(xb),), -math.inf, device=x.device, dtype=torch.float64)
         lse2 = lse1.clone()
+        kept = []
         for start in range(0, k, chunk):
-            s1, s2 = run_pass(model, xb, min(chunk, k - start))
-            lse1, lse2 = torch.logaddexp(lse1, s1), torch.logaddexp(lse2, s2)
+            lw = run_pass(model, xb, min(chunk, k - start))
+            lse1 = torch.logaddexp(lse1, torch.logsumexp(lw, 0))
+            lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
+            if diagnose:
+                kept.append(lw)
         log_mean_w = lse1 - math.log(k)
         rel_var = torch.expm1(lse2 - math.log(k) - 2 * log_mean_w).clamp(min=0)  # Var(w)/E[w]²
         log_p.append(log_mean_w)
         se.append((rel_var / k).sqrt())
+        if diagnose:
+            diagnosed.append(diagnose_weights(torch.cat(kept).T))
         bar.update(len(xb))
     bar.close()
-    return torch.cat(log_p), torch.cat(se)
+    joined = {name: torch.cat([d[name] for d in diagnosed]) for name in diagnosed[0]} if diagnose else {}
+    return estimate(k, torch.cat(log_p), torch.cat(se), **joined)
+
+
+def importance_sampled(model, x: torch.Tensor, k: int, max_memory: int = DEFAULT_MAX_MEMORY,
+                       cost: PassCost | None = None, progress: bool = False,
+                       run_pass: Callable = _pass) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p̂(x) and its delta-method standard error per datapoint, two float64 tensors of shape (N,):
+    ``importance_estimate`` without its diagnostics."""
+    e = importance_estimate(model, x, k, max_memory, cost, progress, run_pass, diagnose=False)
+    return e.log_p, e.delta_se
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +278,8 @@ def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
              max_memory: int = DEFAULT_MAX_MEMORY, progress: bool = False, y: torch.Tensor | None = None,
              precision: str = "32", compile: bool = False) -> dict:
     """Test-set ELBO (A, and B where a closed-form KL exists), the IWAE bound for every k, the IS
-    log-likelihood at the largest k with its standard error, in nats per datapoint and bits/dim,
+    log-likelihood at the largest k with its calibrated standard error and its diagnostics (ESS, Pareto k̂:
+    aevb.inference.importance.summary), in nats per datapoint and bits/dim,
     the diagnostics (KL per dimension, active units, a collapse warning) and, for a
     semi-supervised model given the labels ``y``, its class metrics. In fp32 unless ``precision``
     says otherwise (the networks alone then run in bf16 or fp16; see aevb.precision); with
@@ -272,13 +292,13 @@ def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
             result["elbo_B"] = elbo_terms(model, x, Estimator("B", samples))
         cost = sampling_cost(model, x)
         result["iwae"] = {}
-        for k in sorted(ks):
-            log_p, se = importance_sampled(model, x, k, max_memory, cost, progress, run_pass)
-            result["iwae"][str(k)] = log_p.mean().item()
         k_max = max(ks)
+        for k in sorted(ks):
+            e = importance_estimate(model, x, k, max_memory, cost, progress, run_pass,
+                                    diagnose=k == k_max and k >= MIN_DIAGNOSED_K)
+            result["iwae"][str(k)] = e.log_p.mean().item()
         batch, chunk = chunk_sizes(cost, k_max, len(x), pass_budget(max_memory, x.device))
-        result["log_likelihood"] = {"k": k_max, "value": log_p.mean().item(),
-                                    "standard_error": (se.pow(2).sum().sqrt() / len(x)).item()}
+        result["log_likelihood"] = summary(e)
         result["bits_per_dim"] = -result["log_likelihood"]["value"] / (math.prod(model.x_shape) * math.log(2))
         result["diagnostics"] = diagnostics(model, x)
         if y is not None and isinstance(model, Classifier):
@@ -301,7 +321,13 @@ def format_evaluation(r: dict) -> str:
     rows += [(f"IWAE bound, k={k}", v) for k, v in r["iwae"].items()]
     ll = r["log_likelihood"]
     lines = [f"test set: {r['n']} datapoints, nats per datapoint"] + [f"{name:<34}{v:>12.3f}" for name, v in rows]
-    lines.append(f"{'log p(x), importance sampled':<34}{ll['value']:>12.3f}  ± {ll['standard_error']:.3f} (k={ll['k']})")
+    lines.append(f"{'log p(x), importance sampled':<34}{ll['value']:>12.3f}  ± {ll['standard_error']:.3f} (k={ll['k']}"
+                 + ("; unreliable: see the warning)" if ll.get("reliable") is False else ")"))
+    if "khat_share_above_0.7" in ll:
+        lines.append(f"{'  s.e. by the delta method':<34}{'':>12}  ± {ll['delta_method_standard_error']:.3f}")
+        lines.append(f"{'  ESS, mean and least':<34}{ll['ess_mean']:>12.1f}  {ll['ess_min']:.1f}")
+        lines.append(f"{'  Pareto k̂ in (0.5, 0.7], > 0.7':<34}{100 * ll['khat_share_0.5_to_0.7']:>11.1f}%  "
+                     f"{100 * ll['khat_share_above_0.7']:.1f}% of the datapoints")
     lines.append(f"{'bits/dim':<34}{r['bits_per_dim']:>12.4f}")
     c = r.get("classes")
     if c:
@@ -318,6 +344,8 @@ def format_evaluation(r: dict) -> str:
         lines += format_dimensions(d)
         if d["warning"]:
             lines.append(f"warning: {d['warning']}")
+    if importance_warning(ll):
+        lines.append(f"warning: {importance_warning(ll)}")
     if "seconds" in r:
         lines.append(f"evaluated in {r['seconds']:.1f} s, precision {r.get('precision', '32')}"
                      + (", compiled" if r.get("compiled") else ""))
