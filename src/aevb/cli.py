@@ -54,7 +54,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kw = {"dest": name, "default": argparse.SUPPRESS, "help": HELP.get(name)}
             if tp is bool:
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-            elif typing.get_origin(tp) is list:
+            elif list in {typing.get_origin(t) for t in (tp, *typing.get_args(tp))}:  # list or Optional[list]
                 group.add_argument(flag, nargs="+", metavar="N", **kw)
             else:
                 group.add_argument(flag, metavar=name.split("_")[-1].upper(), **kw)
