@@ -89,12 +89,14 @@ def test_grey_and_rgb_mixed_become_rgb(tmp_path):
 
 def test_resize_to_image_size(tmp_path):
     save(tmp_path / "sizes" / "a.png", np.full((8, 8), 200, np.uint8))
-    save(tmp_path / "sizes" / "b.png", np.full((4, 6), 50, np.uint8))
-    with pytest.raises(DataError, match=r"differ in size .*a.png is 8x8, .*b.png is 6x4\); pass --image-size"):
+    save(tmp_path / "sizes" / "b.JPG", np.full((4, 6), 50, np.uint8))  # JPEG, any case of the suffix
+    with pytest.raises(DataError, match=r"differ in size .*a.png is 8x8, .*b.JPG is 6x4\); pass --image-size"):
         load_dataset(cfg(tmp_path / "sizes", tmp_path))
     ds = load_dataset(cfg(tmp_path / "sizes", tmp_path, image_size=[2, 3], test_fraction=0.5))
-    x = as_bytes(torch.cat([ds.train_x, ds.test_x]))
-    assert x.shape == (2, 1, 2, 3) and sorted(set(a.ravel().tolist()) for a in x) == [{50}, {200}]  # constants stay exact
+    x = as_bytes(torch.cat([ds.train_x, ds.test_x])).astype(int)
+    assert x.shape == (2, 1, 2, 3)
+    constants = sorted(x.reshape(2, -1), key=lambda a: a[0])  # resizing keeps a constant; JPEG's DCT within 1 level
+    assert set(constants[1]) == {200} and np.abs(constants[0] - 50).max() <= 1
     assert load_dataset(cfg(tmp_path / "sizes", tmp_path, image_size=[5], test_fraction=0.5)).x_shape == (1, 5, 5)
 
 

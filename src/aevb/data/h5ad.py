@@ -11,6 +11,7 @@ into minibatches is a separate item.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,11 @@ def read(path: Path):
     if not path.is_file():
         raise DataError(f"h5ad file {path} {'is not a file' if path.exists() else 'does not exist'}; "
                         "check the path after 'h5ad:'")
+    module = anndata()
     try:
-        return anndata().read_h5ad(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # anndata moving parts of older files: nothing to act on
+            return module.read_h5ad(path)
     except DataError:
         raise
     except Exception as e:  # h5py, zarr and anndata's own errors all mean the same to a user
