@@ -158,6 +158,12 @@ def bad_folder(kind, root):
     elif kind == "loose and classes":
         save(root / "a.png", pixels(0))
         save(root / "cls" / "b.png", pixels(1))
+    elif kind == "unknown test class":
+        save(root / "train" / "cat" / "a.png", pixels(0))
+        save(root / "test" / "cow" / "b.png", pixels(1))
+    elif kind == "empty test":
+        save(root / "train" / "a.png", pixels(0))
+        (root / "test").mkdir()
 
 
 @pytest.mark.parametrize("kind, flags, message", [
@@ -165,6 +171,8 @@ def bad_folder(kind, root):
     ("empty", [], r"holds no images \(\*.png, \*.jpg, \*.jpeg\)"),
     ("unreadable", [], r"cannot read image \S+broken.png \(.*\); replace or remove it"),
     ("loose and classes", [], r"has images both directly in it \(a.png, ...\) and in class folders \(cls/, ...\)"),
+    ("unknown test class", [], r"test/ has class folders that train/ lacks \(cow\); give every class training images"),
+    ("empty test", [], r"imgs/test holds no images"),
     ("unreadable", ["--channels", "2"], r"channels must be 1 \(grey\) or 3 \(RGB\), got 2"),
     ("unreadable", ["--image-size", "2", "3", "4"], r"image_size takes one size \(square\) or two \(H W\), got 3"),
 ])
@@ -172,8 +180,8 @@ def test_bad_folders_are_one_line_and_write_nothing(kind, flags, message, tmp_pa
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "imgs"
     bad_folder(kind, root)
-    argv = ["train", "--dataset", f"folder:{root}", "--data-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
-            *flags, *QUICK]
+    argv = ["train", "--dataset", f"folder:{root}", "--data-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "run"), *flags, *QUICK]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("aevb: error: ")

@@ -130,7 +130,8 @@ POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs
             "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step", "likelihood_trials"}
 NON_NEGATIVE = {"beta", "beta_y", "warmup_epochs", "alpha", "lr_patience"}
 AT_MOST_ONE = {"cycle_ratio": "(0, 1]", "labelled_weight": "(0, 1]"}  # fractions: upper bound inclusive
-BELOW_ONE = {"nan_lr_factor": "(0, 1)", "lr_gamma": "(0, 1)", "test_fraction": "(0, 1)"}  # fractions: upper bound exclusive
+BELOW_ONE = {"nan_lr_factor": "(0, 1)", "lr_gamma": "(0, 1)",
+             "test_fraction": "(0, 1)"}  # fractions: upper bound exclusive
 BINARIZE = ("none", "dynamic", "static")
 ON_NAN = ("stop", "rollback")
 SPLITS = ("standard", "80/20")
@@ -140,7 +141,8 @@ CHOICES = {"binarize": BINARIZE, "on_nan": ON_NAN, "split": SPLITS, "precision":
 HELP = {  # the flags' help lines, where the name alone could mislead
     "dataset": "a registered dataset ('aevb datasets' lists them), npz:PATH, folder:PATH (PNG/JPEG files, one "
                "sub-folder per class) or h5ad:PATH (AnnData; pip install aevb[anndata]) (default mnist)",
-    "test_fraction": "folder: and h5ad: data without a test/ folder: the fraction held out as the test set (default 0.1)",
+    "test_fraction": "folder: and h5ad: data without a test/ folder: the fraction held out as the test set "
+                     "(default 0.1)",
     "image_size": "folder: resize every image to H W (one value: square); needed where the images differ in size",
     "channels": "folder: 1 (grey) or 3 (RGB); default 1 where every image is grey, else 3",
     "layer": "h5ad: the layer to train on (e.g. counts; default X)",

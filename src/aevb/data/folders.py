@@ -72,20 +72,22 @@ def list_folder(root: Path) -> Listing:
     layout = all(p.is_dir() for p in parts)
     listed = [list_part(p) for p in parts] if layout else [list_part(root)]
     files = [f for fs, _ in listed for f in fs]
-    if not files:
-        raise DataError(f"{root} holds no images (*.png, *.jpg, *.jpeg){' in train/ and test/' if layout else ''}; "
+    empty = [str(p) for p, (fs, _) in zip(parts if layout else [root], listed) if not fs]
+    if empty:
+        raise DataError(f"{' and '.join(empty)} holds no images (*.png, *.jpg, *.jpeg); "
                         "put the images in it, one sub-folder per class or all directly in it")
-    if len({names is None for fs, names in listed if fs}) > 1:
+    if len({names is None for _, names in listed}) > 1:
         raise DataError(f"{root}: one of train/ and test/ has class folders and the other not; lay both out alike")
     test = [i == 1 for i, (fs, _) in enumerate(listed) for _ in fs] if layout else None
     if listed[0][1] is None:
         return Listing(files, None, [], test)
     classes = sorted(set(listed[0][1]))
-    unknown = sorted(set(n for _, names in listed for n in names or ()) - set(classes))
+    unknown = sorted(set(n for _, names in listed for n in names) - set(classes))
     if unknown:
         raise DataError(f"{root}: test/ has class folders that train/ lacks ({', '.join(unknown)}); "
                         "give every class training images")
-    return Listing(files, [classes.index(n) for _, names in listed for n in names or ()], classes, test)
+    label = {name: i for i, name in enumerate(classes)}
+    return Listing(files, [label[n] for _, names in listed for n in names], classes, test)
 
 
 def check_options(image_size: list[int] | None, channels: int | None) -> tuple[int, int] | None:
@@ -147,8 +149,9 @@ def read_cache(path: Path) -> dict[str, np.ndarray] | None:
         arrays = load_npz(path)
     except DataError:
         return None
-    ok = "x" in arrays and "x_sha256" in arrays and hashlib.sha256(arrays["x"].tobytes()).hexdigest() == arrays["x_sha256"]
-    return arrays if ok else None
+    if "x" not in arrays or "x_sha256" not in arrays:
+        return None
+    return arrays if hashlib.sha256(arrays["x"].tobytes()).hexdigest() == arrays["x_sha256"] else None
 
 
 def write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -59,7 +59,8 @@ def matrix(adata, layer: str | None, path: Path):
         have = ", ".join(adata.layers) or "none; drop --layer to use X"
         raise DataError(f"{path} has no layer {layer!r} (its layers: {have})")
     if m is None:
-        raise DataError(f"{path} has no X matrix; name a layer with --layer (its layers: {', '.join(adata.layers) or 'none'})")
+        raise DataError(f"{path} has no X matrix; name a layer with --layer "
+                        f"(its layers: {', '.join(adata.layers) or 'none'})")
     m = sp.csr_matrix(m) if sp.issparse(m) else np.asarray(m)
     values = m.data if sp.issparse(m) else m
     if values.dtype.kind not in "biuf":
@@ -94,7 +95,8 @@ def labels(adata, key: str | None, path: Path) -> tuple[np.ndarray | None, list[
     categorical = column if isinstance(column.dtype, pd.CategoricalDtype) else column.astype("category")
     codes = categorical.cat.codes.to_numpy()
     if (codes < 0).any():
-        raise DataError(f"obs[{key!r}] of {path} has {int((codes < 0).sum())} missing labels; fill them or drop those cells")
+        raise DataError(f"obs[{key!r}] of {path} has {int((codes < 0).sum())} missing labels; "
+                        "fill them or drop those cells")
     return codes.astype(np.int64), [str(c) for c in categorical.cat.categories]
 
 
