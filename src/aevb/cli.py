@@ -54,7 +54,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kw = {"dest": name, "default": argparse.SUPPRESS, "help": HELP.get(name)}
             if tp is bool:
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-            elif typing.get_origin(tp) is list:
+            elif list in {typing.get_origin(t) for t in (tp, *typing.get_args(tp))}:  # list or Optional[list]
                 group.add_argument(flag, nargs="+", metavar="N", **kw)
             else:
                 group.add_argument(flag, metavar=name.split("_")[-1].upper(), **kw)
@@ -300,6 +300,13 @@ def cmd_reproduce(args) -> None:
     print(f"wrote {out}/table.md and {out}/results.json in {(time.perf_counter() - started) / 60:.1f} min")
 
 
+def cmd_embed(args) -> None:
+    from .api import embed_h5ad
+
+    out = embed_h5ad(args.run, args.data, args.out, layer=args.layer, device=device_of(args))
+    print(f"wrote {out} with the posterior means as obsm['X_aevb']")
+
+
 def cmd_datasets(args) -> None:
     from .data import available
 
@@ -309,6 +316,9 @@ def cmd_datasets(args) -> None:
         print(f"{name:<{width}}{where or 'not here (aevb train --dataset ' + name + ' says how to get it)'}")
     print(f"{'npz:PATH':<{width}}your own arrays: "
           "numpy.savez(PATH, x_train=..., x_test=..., [y_train=..., y_test=...])")
+    print(f"{'folder:PATH':<{width}}your own PNG/JPEG images, one sub-folder per class (optional), "
+          "optionally in train/ and test/")
+    print(f"{'h5ad:PATH':<{width}}your own AnnData file (--layer, --label-key; pip install aevb[anndata])")
 
 
 def positive_int(text: str) -> int:
@@ -497,6 +507,14 @@ def build_parser() -> Parser:
     p.add_argument("--data-dir")
     p.add_argument("--quiet", action="store_true", help="print the table only")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("embed", help="a copy of an .h5ad file with the posterior means E[z|x] as obsm['X_aevb']")
+    p.add_argument("run")
+    p.add_argument("--data", required=True, help="the .h5ad file to embed (its genes those the run was trained on)")
+    p.add_argument("--out", required=True, help="the .h5ad file to write (a copy of --data with obsm['X_aevb'])")
+    p.add_argument("--layer", help="the layer to embed (default: the run's --layer, else X)")
+    add_device_flag(p)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("datasets", help="which datasets are available here, and from where")
     p.add_argument("--data-dir")

@@ -32,6 +32,11 @@ class DataConfig:
     test_size: typing.Optional[int] = None
     split: str = "standard"  # the dataset's own train/test split, or "80/20" of both pooled
     labelled: typing.Optional[int] = None  # semi-supervised models: labelled training examples, equal per class; None: all
+    test_fraction: float = 0.1  # folder: and h5ad: data without a test split: the fraction held out (seeded)
+    image_size: typing.Optional[list[int]] = None  # folder: images resized to H W (one value: square); None: as stored
+    channels: typing.Optional[int] = None  # folder: 1 (grey) or 3 (RGB); None: 1 if every image is grey, else 3
+    layer: typing.Optional[str] = None  # h5ad: the layer to train on (e.g. counts); None: X
+    label_key: typing.Optional[str] = None  # h5ad: the obs column of class labels (shown in figures); None: no labels
 
 
 @dataclass
@@ -118,14 +123,15 @@ class Config:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-POSITIVE_ITEMS = {"hidden", "conv_channels", "hidden2"}  # layer sizes: every item of the list
+POSITIVE_ITEMS = {"hidden", "conv_channels", "hidden2", "image_size"}  # layer sizes: every item of the list
 POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs", "batch_size", "samples",
             "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
             "nan_retries", "labelled", "labelled_batch_size", "labelled_weight", "labelled_every",
             "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step", "likelihood_trials"}
 NON_NEGATIVE = {"beta", "beta_y", "warmup_epochs", "alpha", "lr_patience"}
 AT_MOST_ONE = {"cycle_ratio": "(0, 1]", "labelled_weight": "(0, 1]"}  # fractions: upper bound inclusive
-BELOW_ONE = {"nan_lr_factor": "(0, 1)", "lr_gamma": "(0, 1)"}  # fractions: upper bound exclusive
+BELOW_ONE = {"nan_lr_factor": "(0, 1)", "lr_gamma": "(0, 1)",
+             "test_fraction": "(0, 1)"}  # fractions: upper bound exclusive
 BINARIZE = ("none", "dynamic", "static")
 ON_NAN = ("stop", "rollback")
 SPLITS = ("standard", "80/20")
@@ -133,7 +139,14 @@ PRECISION = ("32", "bf16-mixed", "16-mixed")
 THETA = ("ml", "map", "vb")
 CHOICES = {"binarize": BINARIZE, "on_nan": ON_NAN, "split": SPLITS, "precision": PRECISION, "theta": THETA}  # fixed choices (registered names are checked by their registry)
 HELP = {  # the flags' help lines, where the name alone could mislead
-    "dataset": "a registered dataset ('aevb datasets' lists them) or npz:PATH (default mnist)",
+    "dataset": "a registered dataset ('aevb datasets' lists them), npz:PATH, folder:PATH (PNG/JPEG files, one "
+               "sub-folder per class) or h5ad:PATH (AnnData; pip install aevb[anndata]) (default mnist)",
+    "test_fraction": "folder: and h5ad: data without a test/ folder: the fraction held out as the test set "
+                     "(default 0.1)",
+    "image_size": "folder: resize every image to H W (one value: square); needed where the images differ in size",
+    "channels": "folder: 1 (grey) or 3 (RGB); default 1 where every image is grey, else 3",
+    "layer": "h5ad: the layer to train on (e.g. counts; default X)",
+    "label_key": "h5ad: the obs column of class labels, shown in the figures and report (default none)",
     "binarize": "pixels drawn from Bernoulli(grey level): none (default); dynamic (the training set afresh in every "
                 "batch, the test set once, as in Burda et al. 2015); static (both once, by aevb's fixed seed: on mnist "
                 "a fixed binarisation of our MNIST, NOT the Larochelle & Murray set of the papers' 'static' numbers; "

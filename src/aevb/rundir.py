@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -80,7 +81,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def default_path(cfg: Config) -> Path:
-    name = cfg.data.dataset.replace("npz:", "").replace("/", "_").replace(".npz", "")
+    name = re.sub(r"^(npz|folder|h5ad):", "", cfg.data.dataset).strip("/").replace("/", "_")
+    name = re.sub(r"\.(npz|h5ad)$", "", name)
     return Path("runs") / f"{cfg.model.model}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 

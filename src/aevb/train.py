@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import rundir
 from .algorithms import ALGORITHMS, default_algorithm
 from .config import Config
-from .data import Dataset, load_dataset
+from .data import Dataset, check_dataset, load_dataset
 from .distributed import epoch_seed, join, leave
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
@@ -68,9 +68,7 @@ def check_names(cfg: Config) -> None:
         registry[name]
     if t.algorithm is not None:
         ALGORITHMS[t.algorithm]
-    if not cfg.data.dataset.startswith("npz:"):
-        from .data import DATASETS
-        DATASETS[cfg.data.dataset]
+    check_dataset(cfg.data)
     resolve_device(t.device)
 
 

@@ -1,27 +1,32 @@
-"""Datasets as tensors: registered by name (or ``npz:PATH``), split 60k/10k-style into train and
-test, scaled to [0, 1] (images), optionally binarised, and checked for shape and finiteness."""
+"""Datasets as tensors: registered by name, or a user's data (``npz:PATH``, ``folder:PATH``,
+``h5ad:PATH``), split 60k/10k-style into train and test (user data without a test split: a seeded
+``test_fraction`` held out), scaled to [0, 1] (images), optionally binarised, and checked for shape
+and finiteness."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import BINARIZE
+from ..config import BINARIZE, DataConfig
 from ..errors import ConfigError, DataError
 from ..registry import did_you_mean
 from .datasets import DATASETS, Arrays
+from .folders import read_folder
 from .formats import load_npz
+from .h5ad import read_h5ad
 from .sources import data_dir
 
 BINARIZE_SEED = 0  # the one fixed draw for static binarisation and for the dynamic test set
-SPLIT_SEED = 0  # the one fixed permutation behind the 80/20 split
+SPLIT_SEED = 0  # the one fixed permutation behind the 80/20 split and the test_fraction held out
 
 
 @dataclass
 class Dataset:
-    """Train and test tensors of shape (N, *x_shape), float32; labels int64 or None."""
+    """Train and test tensors of shape (N, *x_shape), float32; labels int64 or None, and the names
+    of the classes where the data has them (folder names, categories of an obs column)."""
 
     name: str
     source: str
@@ -30,6 +35,7 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor | None
     binarize: str = "none"
+    classes: tuple[str, ...] | None = None
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -37,7 +43,37 @@ class Dataset:
 
     @property
     def n_classes(self) -> int | None:
-        return None if self.train_y is None else int(self.train_y.max()) + 1
+        if self.train_y is None:
+            return None
+        return len(self.classes) if self.classes else int(self.train_y.max()) + 1
+
+
+# a user's data, PREFIX:PATH -> ((train_x, train_y, test_x or None, test_y), class names or None)
+USER_DATA = {
+    "npz": lambda path, cfg: (read_user_npz(path), None),
+    "folder": lambda path, cfg: read_folder(path, data_dir(cfg.data_dir), cfg.image_size, cfg.channels),
+    "h5ad": lambda path, cfg: read_h5ad(path, cfg.layer, cfg.label_key),
+}
+ONLY_FOR = {"image_size": "folder", "channels": "folder", "layer": "h5ad", "label_key": "h5ad"}
+
+
+def user_data(dataset: str) -> tuple[str, Path] | None:
+    """(prefix, path) of a user's data (``npz:PATH``, ``folder:PATH``, ``h5ad:PATH``), None for a registered name."""
+    prefix, _, path = dataset.partition(":")
+    return (prefix, Path(path).expanduser()) if prefix in USER_DATA and path else None
+
+
+def check_dataset(cfg) -> None:
+    """A registered dataset or a user's data, and options only where they apply: a typo fails at once."""
+    user = user_data(cfg.dataset)
+    if user is None:
+        DATASETS[cfg.dataset]
+    for key, prefix in ONLY_FOR.items():
+        if getattr(cfg, key) is not None and (user is None or user[0] != prefix):
+            raise ConfigError(f"{key} applies to {prefix}:PATH data only, not to {cfg.dataset}; drop it")
+    if cfg.test_fraction != DataConfig.test_fraction and (user is None or user[0] == "npz"):
+        raise ConfigError(f"test_fraction applies to folder: and h5ad: data only; {cfg.dataset} has its own test "
+                          "split: drop it")
 
 
 def load_dataset(cfg) -> Dataset:
@@ -45,8 +81,15 @@ def load_dataset(cfg) -> Dataset:
     if cfg.binarize not in BINARIZE:
         raise DataError(f"unknown binarize {cfg.binarize!r}{did_you_mean(str(cfg.binarize), list(BINARIZE))}; "
                         f"choose one of: {', '.join(BINARIZE)}")
-    if cfg.dataset.startswith("npz:"):
-        (tx, ty, sx, sy), source = read_user_npz(Path(cfg.dataset[4:]).expanduser()), cfg.dataset[4:]
+    check_dataset(cfg)
+    classes, user = None, user_data(cfg.dataset)
+    if user is not None:
+        (tx, ty, sx, sy), classes = USER_DATA[user[0]](user[1], cfg)
+        source = str(user[1])
+        if sx is None:
+            tx, ty, sx, sy = hold_out(tx, ty, cfg.test_fraction, source)
+        elif cfg.test_fraction != DataConfig.test_fraction:
+            raise ConfigError(f"test_fraction has nothing to do: {source} has its own test split; drop it")
     else:
         spec = DATASETS[cfg.dataset]
         if spec.binary and cfg.binarize != "none":  # Bernoulli(0 or 1) is the pixel itself: a silent no-op misleads
@@ -56,7 +99,8 @@ def load_dataset(cfg) -> Dataset:
         (tx, ty, sx, sy), source = spec.load(data_dir(cfg.data_dir), cfg.download)
     if cfg.split == "standard":  # cut before converting: a report on 200 test images converts no training set
         tx, ty, sx, sy = cut(tx, cfg.train_size), cut(ty, cfg.train_size), cut(sx, cfg.test_size), cut(sy, cfg.test_size)
-    ds = Dataset(cfg.dataset, source, as_float(tx, "train"), as_labels(ty), as_float(sx, "test"), as_labels(sy))
+    ds = Dataset(cfg.dataset, source, as_float(tx, "train"), as_labels(ty), as_float(sx, "test"), as_labels(sy),
+                 classes=None if classes is None else tuple(classes))
     if cfg.split == "80/20":
         ds = subset(resplit(ds), cfg.train_size, cfg.test_size)
     return binarize(ds, cfg.binarize)
@@ -83,6 +127,17 @@ def read_user_npz(path: Path) -> Arrays:
             raise DataError(f"{path}: {k} must hold one non-negative integer label per row of x, got shape {y.shape} ({y.dtype})")
         labels.append(y)
     return tx, labels[0], sx, labels[1]
+
+
+def hold_out(x: np.ndarray, y: np.ndarray | None, fraction: float, source: str) -> Arrays:
+    """A seeded (SPLIT_SEED) random ``fraction`` of the examples as the test set, at least one of
+    each part: (train_x, train_y, test_x, test_y)."""
+    if len(x) < 2:
+        raise DataError(f"{source} has {len(x)} example; a training and a test set need at least 2")
+    n_test = min(max(1, round(fraction * len(x))), len(x) - 1)
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+    test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    return x[train], None if y is None else y[train], x[test], None if y is None else y[test]
 
 
 def real_dtype(dtype: np.dtype) -> bool:
@@ -113,8 +168,8 @@ def cut(a, n: int | None):
 
 def subset(ds: Dataset, train_size: int | None, test_size: int | None) -> Dataset:
     """The first train_size / test_size examples (for quick runs)."""
-    return Dataset(ds.name, ds.source, cut(ds.train_x, train_size), cut(ds.train_y, train_size),
-                   cut(ds.test_x, test_size), cut(ds.test_y, test_size), ds.binarize)
+    return replace(ds, train_x=cut(ds.train_x, train_size), train_y=cut(ds.train_y, train_size),
+                   test_x=cut(ds.test_x, test_size), test_y=cut(ds.test_y, test_size))
 
 
 def resplit(ds: Dataset) -> Dataset:
@@ -125,8 +180,8 @@ def resplit(ds: Dataset) -> Dataset:
     cut = int(0.8 * len(perm))
     pool = lambda a, b: None if a is None else torch.cat([a, b])[perm]
     x, y = pool(ds.train_x, ds.test_x), pool(ds.train_y, ds.test_y)
-    return Dataset(ds.name, ds.source, x[:cut], None if y is None else y[:cut], x[cut:],
-                   None if y is None else y[cut:], ds.binarize)
+    return replace(ds, train_x=x[:cut], train_y=None if y is None else y[:cut], test_x=x[cut:],
+                   test_y=None if y is None else y[cut:])
 
 
 def balanced_labels(y: torch.Tensor | None, n: int | None, seed: int) -> torch.Tensor:
@@ -160,7 +215,7 @@ def binarize(ds: Dataset, mode: str) -> Dataset:
     draw = lambda x, seed: torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
     train_x = draw(ds.train_x, BINARIZE_SEED + 1) if mode == "static" else ds.train_x
     test_x = draw(ds.test_x, BINARIZE_SEED)
-    return Dataset(ds.name, ds.source, train_x, ds.train_y, test_x, ds.test_y, mode)
+    return replace(ds, train_x=train_x, test_x=test_x, binarize=mode)
 
 
 def available(data_dir_: str | None = None) -> list[tuple[str, str | None]]:
@@ -169,4 +224,4 @@ def available(data_dir_: str | None = None) -> list[tuple[str, str | None]]:
     return [(name, (found[0] if (found := DATASETS[name].locate(root)) else None)) for name in DATASETS]
 
 
-__all__ = ["BINARIZE", "DATASETS", "Dataset", "available", "balanced_labels", "load_dataset"]
+__all__ = ["BINARIZE", "DATASETS", "Dataset", "available", "balanced_labels", "check_dataset", "load_dataset"]

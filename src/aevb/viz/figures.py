@@ -126,13 +126,18 @@ def draw_figures(model_or_run, names=None, path=None, *, test_size: int | None =
 @dataclass
 class Subject:
     """What a figure is drawn from: a model, and where known its run directory and test data
-    (loaded from the run on first use, the first ``test_size`` images or all)."""
+    (loaded from the run on first use, the first ``test_size`` images or all) with the names of
+    its classes (None: the labels themselves are shown)."""
 
     model: torch.nn.Module
     run: Path | None = None
     x: torch.Tensor | None = None
     y: torch.Tensor | None = None
     test_size: int | None = None
+    classes: tuple[str, ...] | None = None
+
+    def class_name(self, label) -> str:
+        return self.classes[int(label)] if self.classes else str(label)
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -146,7 +151,7 @@ class Subject:
         if self.x is None:
             if self.run is None:
                 raise ValueError(f"{what} needs data: pass x (test images, shape (N, *x_shape)) with the model")
-            self.x, self.y = load_test_split(self.run, self.test_size)
+            self.x, self.y, self.classes = load_test_split(self.run, self.test_size)
         return self.x
 
     def out(self, path, name: str) -> Path:
@@ -159,15 +164,16 @@ class Subject:
         return path
 
 
-def load_test_split(run: str | Path, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The first n test images of a run's dataset (all where n is None) and their labels (or None)."""
+def load_test_split(run: str | Path, n: int | None = None):
+    """The first n test images of a run's dataset (all where n is None), their labels (or None) and
+    the names of the classes (or None)."""
     from ..data import load_dataset
 
     cfg, _ = rundir.read_config(Path(run))
     cfg.data.test_size = n
     cfg.data.train_size = 1
     data = load_dataset(cfg.data)
-    return data.test_x, data.test_y
+    return data.test_x, data.test_y, data.classes
 
 
 def subject(model_or_run, x=None, y=None, test_size: int | None = None, device="cpu") -> Subject:
@@ -356,7 +362,7 @@ def fig_latent(model_or_run, path=None, *, x=None, y=None, max_points: int = 500
         classes = np.unique(labels)
         for c, color in zip(classes, _class_colors(classes)):
             sel = labels == c
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=3, alpha=0.6, linewidths=0, color=color, label=str(c))
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=3, alpha=0.6, linewidths=0, color=color, label=s.class_name(c))
         ax.legend(title="label", markerscale=4, fontsize="small", loc="center left", bbox_to_anchor=(1, 0.5))
     ax.set_xlabel(axis[0])
     ax.set_ylabel(axis[1])
@@ -543,7 +549,7 @@ def fig_histograms(model_or_run, path=None, *, x=None, y=None, max_dims: int = 3
     for ax in axes[len(dims):]:
         ax.set_axis_off()
     if classes is not None:
-        handles = [Patch(color=c, label=str(name)) for name, c in zip(classes, colors)]
+        handles = [Patch(color=c, label=s.class_name(name)) for name, c in zip(classes, colors)]
         fig.legend(handles=handles[::-1], title="label", loc="center right", fontsize="small")
     shown = "" if len(dims) == d else f" ({len(dims)} of {d} dimensions, largest variance)"
     fig.suptitle(f"posterior means per latent dimension over {len(x)} test images{shown}", fontsize="medium")

@@ -169,8 +169,8 @@ def write_report(run: str | Path, path: str | Path | None = None, *, test_size: 
     config = json.loads((run / rundir.CONFIG).read_text())
     model = load(run, device)
     records = rundir.read_metrics(run)
-    x, y = load_test_split(run, test_size)
-    subject = Subject(model, run, x, y)
+    x, y, classes = load_test_split(run, test_size)
+    subject = Subject(model, run, x, y, classes=classes)
     diag = diagnostics(model, x.to(device))
     evaluation = None
     if (run / "eval.json").is_file():
@@ -187,7 +187,8 @@ def write_report(run: str | Path, path: str | Path | None = None, *, test_size: 
     summary = (f"{_e(m['model'])} with a {_e(m['net'])} net (hidden {_e(m['hidden'])}, {_e(m['activation'])}), "
                f"{m['latent_dim']} latent dimensions, {_e(m['posterior'])} posterior, {_e(m['prior'])} prior, "
                f"{_e(m['likelihood'])} likelihood; data {_e(cfg['data']['dataset'])} "
-               f"{_e(tuple(meta.get('x_shape', [])))} (binarize {_e(cfg['data']['binarize'])}); "
+               f"{_e(tuple(meta.get('x_shape', [])))} (binarize {_e(cfg['data']['binarize'])}"
+               + (f"; {len(classes)} classes: {_e(', '.join(classes))}" if classes else "") + "); "
                f"trained {last.get('epoch', 0)} of {cfg['train']['epochs']} epochs"
                + (f", final test ELBO {_num(last.get('test_elbo'))} nats." if last else "."))
     page = f"""<!DOCTYPE html>
