@@ -32,7 +32,7 @@ ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2: a unit is active if C
 
 
 def _pass(model, x: torch.Tensor, samples: int) -> torch.Tensor:
-    """One decoder pass of importance_sampled: the log-weights of ``samples`` draws, (samples, N), float64."""
+    """One decoder pass of importance_estimate: the log-weights of ``samples`` draws, (samples, N), float64."""
     return model.log_weights(x, samples).double()
 
 
