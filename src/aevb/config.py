@@ -8,18 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
+import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
 from .registry import did_you_mean
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 @dataclass
