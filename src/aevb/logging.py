@@ -129,13 +129,14 @@ def summary_writer():
 @contextmanager
 def aside(model: torch.nn.Module):
     """Run the model for a figure in the middle of training without changing the training: eval mode, no
-    gradients, and the random state (CPU and the model's CUDA device) put back afterwards, so that a run
+    gradients, and the random state (CPU and the model's accelerator) put back afterwards, so that a run
     goes on (and ``--resume`` stays bit-identical) as without the figure; train mode again after."""
     device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
         model.eval()
         try:
-            yield
+            with torch.no_grad():
+                yield
         finally:
             model.train()
 
