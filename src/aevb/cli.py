@@ -55,7 +55,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             if tp is bool:
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             elif typing.get_origin(tp) is list:
-                group.add_argument(flag, nargs="+", metavar="N", **kw)
+                group.add_argument(flag, nargs="+", metavar="NAME" if typing.get_args(tp)[0] is str else "N", **kw)
             else:
                 group.add_argument(flag, metavar=name.split("_")[-1].upper(), **kw)
 

@@ -48,7 +48,7 @@ class Logger:
         """Log one completed epoch's record (keys as in metrics.jsonl; ``record['epoch']`` counts from 1)."""
 
     def close(self) -> None:
-        pass
+        """Flush and release what the logger holds open."""
 
 
 def names(cfg: Config) -> list[str]:
@@ -69,7 +69,11 @@ def open_loggers(trainer, run: Path, start: int):
     try:
         for name in names(trainer.cfg) if trainer.group.main else ():
             loggers.append(LOGGERS[name](trainer, run, start))
-        yield lambda record: [logger.epoch(record) for logger in loggers]
+
+        def log(record: dict) -> None:
+            for logger in loggers:
+                logger.epoch(record)
+        yield log
     finally:
         for logger in loggers:
             logger.close()
