@@ -55,7 +55,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             if tp is bool:
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             elif list in {typing.get_origin(t) for t in (tp, *typing.get_args(tp))}:  # list or Optional[list]
-                group.add_argument(flag, nargs="+", metavar="N", **kw)
+                item = next(typing.get_args(t)[0] for t in (tp, *typing.get_args(tp)) if typing.get_origin(t) is list)
+                group.add_argument(flag, nargs="+", metavar="NAME" if item is str else "N", **kw)
             else:
                 group.add_argument(flag, metavar=name.split("_")[-1].upper(), **kw)
 

@@ -91,6 +91,8 @@ class TrainConfig:
     labelled_batch_size: typing.Optional[int] = None  # labelled examples per step; None: min(batch_size, labelled)
     labelled_weight: typing.Optional[float] = None  # weight of the labelled bound's mean, the unlabelled one's is 1 - it; None: N_l/N
     labelled_every: typing.Optional[int] = None  # a labelled step after every K unlabelled steps (Pyro's schedule); None: a labelled batch in every step
+    logger: list[str] = field(default_factory=lambda: ["jsonl"])  # where metrics go (aevb.logging); jsonl always
+    log_images_every: int = 5  # tensorboard: sample and reconstruction grids every N epochs and at the last
 
 
 @dataclass
@@ -122,7 +124,7 @@ POSITIVE_ITEMS = {"hidden", "conv_channels", "hidden2", "image_size"}  # layer s
 POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs", "batch_size", "samples",
             "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
             "nan_retries", "labelled", "labelled_batch_size", "labelled_weight", "labelled_every",
-            "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step", "likelihood_trials"}
+            "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step", "likelihood_trials", "log_images_every"}
 NON_NEGATIVE = {"beta", "beta_y", "warmup_epochs", "alpha", "lr_patience"}
 AT_MOST_ONE = {"cycle_ratio": "(0, 1]", "labelled_weight": "(0, 1]"}  # fractions: upper bound inclusive
 BELOW_ONE = {"nan_lr_factor": "(0, 1)", "lr_gamma": "(0, 1)",
@@ -153,6 +155,11 @@ HELP = {  # the flags' help lines, where the name alone could mislead
     "lr_gamma": "step and plateau: the factor of each decrease (default 0.1)",
     "lr_step": "step: epochs between decreases (default a third of the epochs)",
     "lr_patience": "plateau: epochs without a better training ELBO before a decrease (default 5)",
+    "logger": "where the metrics of every epoch go: jsonl (metrics.jsonl, always written), csv (metrics.csv), "
+              "tensorboard (event files in the run directory; pip install aevb[tensorboard]); several at once, "
+              "e.g. --logger jsonl,csv,tensorboard",
+    "log_images_every": "--logger tensorboard: sample and reconstruction grids every N epochs and at the last "
+                        "(default 5)",
 }
 
 
@@ -177,6 +184,8 @@ def convert(key: str, value, tp) -> object:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{key} must be a list of {args[0].__name__}s, got {value!r}")
+        if args[0] is str:  # names: --logger jsonl,csv as well as --logger jsonl csv
+            items = [part for item in items for part in (item.split(",") if isinstance(item, str) else [item])]
         items = [convert(key, v, args[0]) for v in items if v != ""]
         if not items:
             raise ConfigError(f"{key} must not be empty")

@@ -31,6 +31,7 @@ from .config import Config
 from .errors import ConfigError, RunError
 
 CONFIG, WEIGHTS, OPTIMIZER, METRICS = "config.json", "model.safetensors", "optimizer.pt", "metrics.jsonl"
+METRICS_CSV = "metrics.csv"  # aevb.logging's csv logger: metrics.jsonl as a table
 PREVIOUS = "optimizer.prev.pt"  # the previous optimizer state, present only while (or if killed while) saving
 
 
@@ -170,7 +171,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 def remove_stale_temps(path: Path) -> None:
     """Temporary files of a process that was killed while writing (they are never complete files)."""
-    for name in (CONFIG, WEIGHTS, OPTIMIZER, METRICS):
+    for name in (CONFIG, WEIGHTS, OPTIMIZER, METRICS, METRICS_CSV):
         for tmp in Path(path).glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 

@@ -25,6 +25,7 @@ from .data import Dataset, check_dataset, load_dataset
 from .distributed import epoch_seed, join, leave
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
+from .logging import check_loggers, open_loggers
 from .lr_schedules import LR_SCHEDULES, step_schedule
 from .models import MODELS, build_model
 from .nets import ACTIVATIONS, NETS
@@ -69,6 +70,7 @@ def check_names(cfg: Config) -> None:
     if t.algorithm is not None:
         ALGORITHMS[t.algorithm]
     check_dataset(cfg.data)
+    check_loggers(cfg)
     resolve_device(t.device)
 
 
@@ -251,8 +253,9 @@ def check_parameters(model: torch.nn.Module, epoch: int) -> None:
 def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
           quiet: bool = False, data: Dataset | None = None) -> Path:
     """Train cfg's model on cfg's data; returns the run directory. With ``resume``, continue the run
-    in ``out`` from its last checkpoint: its saved config holds, except ``epochs`` and the NaN
-    policy (``on_nan``, ``nan_lr_factor``, ``nan_retries``), which come from cfg and are saved.
+    in ``out`` from its last checkpoint: its saved config holds, except ``epochs``, the NaN
+    policy (``on_nan``, ``nan_lr_factor``, ``nan_retries``) and the loggers (``logger``,
+    ``log_images_every``), which come from cfg and are saved.
 
     Faults: a NaN or Inf loss (or weights) raises TrainingDiverged naming the epoch and step and
     keeps the last good checkpoint; with ``on_nan="rollback"`` the epoch is instead rolled back to
@@ -265,7 +268,7 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False, o
             if out is None:
                 raise ConfigError("--resume needs the run directory: aevb train --resume --out RUN")
             saved, meta = rundir.read_config(Path(out))
-            for key in ("epochs", "on_nan", "nan_lr_factor", "nan_retries"):
+            for key in ("epochs", "on_nan", "nan_lr_factor", "nan_retries", "logger", "log_images_every"):
                 setattr(saved.train, key, getattr(cfg.train, key))
             cfg = saved
         check_names(cfg)
@@ -310,7 +313,8 @@ def _train(trainer: Trainer, data: Dataset, out, resume: bool, overwrite: bool, 
             rundir.write_config(run, cfg, data.x_shape, data.source, data.n_classes)
         if not quiet:
             print(f"run directory: {run}", flush=True)
-        finished = run_epochs(trainer, run, start, rollbacks, stop, quiet)
+        with open_loggers(trainer, run, start) as log:
+            finished = run_epochs(trainer, run, start, rollbacks, stop, quiet, log)
     except TrainingInterrupted as e:
         raise interrupted(run, e.signum, abandoned=True) from None
     except UserError:
@@ -338,9 +342,9 @@ def diverged(e: TrainingDiverged, run: Path, epoch: int, lr: float, rollbacks: i
     return TrainingDiverged(f"{e}; {where}: {fix}")
 
 
-def run_epochs(trainer: Trainer, run: Path, start: int, rollbacks: int, stop: StopRequest, quiet: bool) -> bool:
-    """Epochs start+1 .. epochs: train, test, metrics, checkpoint. Stops early when a signal came
-    (returns False), at an epoch boundary."""
+def run_epochs(trainer: Trainer, run: Path, start: int, rollbacks: int, stop: StopRequest, quiet: bool, log) -> bool:
+    """Epochs start+1 .. epochs: train, test, metrics (to ``log``, the run's loggers), checkpoint. Stops
+    early when a signal came (returns False), at an epoch boundary."""
     cfg = trainer.cfg
     t = cfg.train
     epoch = start + 1
@@ -368,7 +372,7 @@ def run_epochs(trainer: Trainer, run: Path, start: int, rollbacks: int, stop: St
             record["nan_rollbacks"] = rollbacks
         step_schedule(trainer.schedule, record)
         if trainer.group.main:  # metrics first: killed between the two, a resume truncates the metrics to the checkpoint
-            rundir.append_metrics(run, record)
+            log(record)
             rundir.save_checkpoint(run, trainer.model, trainer.optimizer, epoch, trainer.schedule)
         if not quiet:
             tqdm.write(f"epoch {epoch:>3}/{t.epochs}  train ELBO {record['train_elbo']:9.3f}  "

@@ -35,7 +35,7 @@ from ..errors import DataError  # noqa: E402
 from ..evaluate import ACTIVE_THRESHOLD, activity, kl_per_dimension, posterior_means  # noqa: E402
 from ..models import ClassLatent, DecodesLatent  # noqa: E402
 from ..registry import Registry  # noqa: E402
-from .grid import image_grid, save_grid  # noqa: E402
+from .grid import image_grid, save_array, save_grid  # noqa: E402
 
 DPI = 100
 SIZES = {  # (width, height) in pixels of the matplotlib figures
@@ -269,10 +269,16 @@ def principal_directions(z: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, tor
 def fig_samples(model_or_run, path=None, *, n: int = 64, seed: int = 0, scale: int = 2) -> Path:
     """n draws z ~ p(z) decoded to the mean of p(x|z), as a square-ish grid."""
     s = subject(model_or_run)
+    return save_array(samples_grid(s.model, n, seed), s.out(path, "samples"), scale=scale)
+
+
+def samples_grid(model, n: int = 64, seed: int = 0) -> np.ndarray:
+    """The grid (``image_grid``) of n draws z ~ p(z) decoded to the mean of p(x|z), drawn from ``seed``
+    (the global CPU generator is put back afterwards)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        images = s.model.sample(n)
-    return save_grid(as_images(images, s.x_shape), s.out(path, "samples"), scale=scale)
+        images = model.sample(n)
+    return image_grid(as_images(images, model.x_shape))
 
 
 @figure("reconstructions", "test images beside their reconstructions",
@@ -284,9 +290,14 @@ def fig_reconstructions(model_or_run, path=None, *, x=None, n: int = 32, scale: 
     s = subject(model_or_run, x, test_size=test_size or n)
     x = s.data("reconstructions")[:n].to(_device(s.model))
     s.model.eval()
-    recon = s.model.reconstruct(x)
-    pairs = torch.stack([x, recon], 1).flatten(0, 1)
-    return save_grid(as_images(pairs, s.x_shape), s.out(path, "reconstructions"), ncols=2 * min(8, len(x)), scale=scale)
+    return save_array(reconstructions_grid(s.model, x), s.out(path, "reconstructions"), scale=scale)
+
+
+def reconstructions_grid(model, x: torch.Tensor) -> np.ndarray:
+    """The grid (``image_grid``) of the images x, each followed by its reconstruction (the mean of p(x|z)
+    at the posterior mean), 8 pairs a row."""
+    pairs = torch.stack([x, model.reconstruct(x)], 1).flatten(0, 1)
+    return image_grid(as_images(pairs, model.x_shape), ncols=2 * min(8, len(x)))
 
 
 @figure("curves", "train and test ELBO against training samples seen, log x axis (Kingma & Welling Fig. 2)",

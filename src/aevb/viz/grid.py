@@ -32,8 +32,12 @@ def image_grid(images: torch.Tensor, ncols: int | None = None, pad: int = 1) -> 
 
 def save_grid(images: torch.Tensor, path: str | Path, ncols: int | None = None, scale: int = 2) -> Path:
     """Write an image grid to a PNG, upscaled ``scale`` times with nearest neighbours; atomically."""
+    return save_array(image_grid(images, ncols), path, scale)
+
+
+def save_array(array: np.ndarray, path: str | Path, scale: int = 2) -> Path:
+    """Write a grid made by ``image_grid`` to a PNG, upscaled ``scale`` times with nearest neighbours; atomically."""
     path = Path(path)
-    array = image_grid(images, ncols)
     array = np.kron(array, np.ones((scale, scale) + (1,) * (array.ndim - 2)))
     atomic_write(path, lambda p: plt.imsave(p, array, cmap="gray", vmin=0, vmax=1, format="png"))
     return path
