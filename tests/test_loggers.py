@@ -82,7 +82,7 @@ def test_tensorboard_images_are_the_figures_of_the_model(logged_run):
     """Grids at epochs 2 (every 2) and 3 (the last); the last ones are samples_grid / reconstructions_grid of
     the saved model, as add_image stores them (uint8 of 255·value, grey repeated in 3 channels)."""
     acc, model = events(logged_run), aevb.load(logged_run)
-    x, _ = load_test_split(logged_run, 32)
+    x, _, _ = load_test_split(logged_run, 32)
     model.eval()
     with torch.no_grad():
         expected = {"samples": samples_grid(model), "reconstructions": reconstructions_grid(model, x)}
@@ -96,7 +96,7 @@ def test_tensorboard_images_are_the_figures_of_the_model(logged_run):
 
 def test_tensorboard_embedding_holds_the_posterior_means(logged_run):
     folder = logged_run / "00003" / "posterior_means"
-    x, y = load_test_split(logged_run)
+    x, y, _ = load_test_split(logged_run)
     model = aevb.load(logged_run)
     model.eval()
     means = np.loadtxt(folder / "tensors.tsv", delimiter="\t")
