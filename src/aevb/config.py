@@ -32,6 +32,7 @@ class DataConfig:
     test_size: typing.Optional[int] = None
     split: str = "standard"  # the dataset's own train/test split, or "80/20" of both pooled
     labelled: typing.Optional[int] = None  # semi-supervised models: labelled training examples, equal per class; None: all
+    val_fraction: typing.Optional[float] = None  # held out of the training set by the run's seed; None: no validation
 
 
 @dataclass
@@ -91,6 +92,9 @@ class TrainConfig:
     labelled_batch_size: typing.Optional[int] = None  # labelled examples per step; None: min(batch_size, labelled)
     labelled_weight: typing.Optional[float] = None  # weight of the labelled bound's mean, the unlabelled one's is 1 - it; None: N_l/N
     labelled_every: typing.Optional[int] = None  # a labelled step after every K unlabelled steps (Pyro's schedule); None: a labelled batch in every step
+    early_stopping: typing.Optional[int] = None  # stop after this many epochs without a better val_elbo; None: never
+    grad_clip: typing.Optional[float] = None  # clip the total gradient norm of each step to this; None: no clipping
+    free_bits: typing.Optional[float] = None  # sgvb: each latent dimension's KL in the objective ≥ λ nats; None: off
 
 
 @dataclass
@@ -122,10 +126,11 @@ POSITIVE_ITEMS = {"hidden", "conv_channels", "hidden2"}  # layer sizes: every it
 POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs", "batch_size", "samples",
             "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
             "nan_retries", "labelled", "labelled_batch_size", "labelled_weight", "labelled_every",
-            "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step", "likelihood_trials"}
+            "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step", "likelihood_trials",
+            "early_stopping", "grad_clip", "free_bits"}
 NON_NEGATIVE = {"beta", "beta_y", "warmup_epochs", "alpha", "lr_patience"}
 AT_MOST_ONE = {"cycle_ratio": "(0, 1]", "labelled_weight": "(0, 1]"}  # fractions: upper bound inclusive
-BELOW_ONE = {"nan_lr_factor": "(0, 1)", "lr_gamma": "(0, 1)"}  # fractions: upper bound exclusive
+BELOW_ONE = {"nan_lr_factor": "(0, 1)", "lr_gamma": "(0, 1)", "val_fraction": "(0, 1)"}  # fractions: upper excluded
 BINARIZE = ("none", "dynamic", "static")
 ON_NAN = ("stop", "rollback")
 SPLITS = ("standard", "80/20")
@@ -145,6 +150,14 @@ HELP = {  # the flags' help lines, where the name alone could mislead
     "lr_gamma": "step and plateau: the factor of each decrease (default 0.1)",
     "lr_step": "step: epochs between decreases (default a third of the epochs)",
     "lr_patience": "plateau: epochs without a better training ELBO before a decrease (default 5)",
+    "val_fraction": "hold this fraction of the training set out for validation, drawn by --seed (default: none); "
+                    "metrics.jsonl gets val_elbo etc. per epoch",
+    "early_stopping": "stop after PATIENCE epochs without a better validation ELBO (needs --val-fraction); "
+                      "RUN/best.safetensors holds the best epoch's weights",
+    "grad_clip": "clip each step's total gradient norm to NORM (torch.nn.utils.clip_grad_norm_); metrics.jsonl gets "
+                 "train_grad_norm, the mean norm before clipping (default: no clipping)",
+    "free_bits": "free bits (Kingma et al. 2016): in the training objective each latent dimension's minibatch-mean "
+                 "KL is at least λ nats; the reported ELBO is unchanged (sgvb, estimators A/B/auto, factorised q, p)",
 }
 
 

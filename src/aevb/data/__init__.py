@@ -1,7 +1,9 @@
 """Datasets as tensors: registered by name (or ``npz:PATH``), split 60k/10k-style into train and
-test, scaled to [0, 1] (images), optionally binarised, and checked for shape and finiteness."""
+test, scaled to [0, 1] (images), optionally binarised, and checked for shape and finiteness; a
+validation set is held out of the training set on request (``hold_out``)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +19,14 @@ from .sources import data_dir
 
 BINARIZE_SEED = 0  # the one fixed draw for static binarisation and for the dynamic test set
 SPLIT_SEED = 0  # the one fixed permutation behind the 80/20 split
+VALIDATION_BINARIZE_SEED = BINARIZE_SEED + 2  # the one draw of a dynamic validation set (+1 is static train's)
 
 
 @dataclass
 class Dataset:
-    """Train and test tensors of shape (N, *x_shape), float32; labels int64 or None."""
+    """Train and test tensors of shape (N, *x_shape), float32; labels int64 or None. ``val_x``/``val_y``:
+    the validation set ``hold_out`` took out of the training set (None without one), and ``validation``
+    how to draw it again (fraction, seed, count, and the size of the training set it was drawn from)."""
 
     name: str
     source: str
@@ -30,6 +35,9 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor | None
     binarize: str = "none"
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+    validation: dict | None = None
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -129,6 +137,29 @@ def resplit(ds: Dataset) -> Dataset:
                    None if y is None else y[cut:], ds.binarize)
 
 
+def hold_out(ds: Dataset, fraction: float | None, seed: int) -> Dataset:
+    """A validation set of count = round(fraction·N) of the N training examples, removed from the
+    training set: the first count of ``torch.randperm(N)`` drawn by a generator seeded with ``seed``
+    (the run's seed), both parts in their original order. Their labels follow them, so a semi-supervised
+    run draws its labelled examples from what remains. Dynamically binarised data gets a validation set
+    binarised once, as the test set is. ``fraction`` None: ``ds`` as it is."""
+    if fraction is None:
+        return ds
+    n = len(ds.train_x)
+    count = round(fraction * n)
+    if not 0 < count < n:
+        raise ConfigError(f"--val-fraction {fraction} of {n} training examples holds out {count}; choose a fraction "
+                          "that leaves at least one example in each of the two sets")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:count].sort().values, perm[count:].sort().values
+    val_x = ds.train_x[val]
+    if ds.binarize == "dynamic":
+        val_x = torch.bernoulli(val_x, generator=torch.Generator().manual_seed(VALIDATION_BINARIZE_SEED))
+    labels = lambda i: None if ds.train_y is None else ds.train_y[i]  # noqa: E731
+    return dataclasses.replace(ds, train_x=ds.train_x[train], train_y=labels(train), val_x=val_x, val_y=labels(val),
+                               validation={"fraction": fraction, "seed": seed, "count": count, "of": n})
+
+
 def balanced_labels(y: torch.Tensor | None, n: int | None, seed: int) -> torch.Tensor:
     """Indices of n labelled examples, n/K of each of the K classes, drawn by ``seed``
     (all indices where n is None)."""
@@ -169,4 +200,4 @@ def available(data_dir_: str | None = None) -> list[tuple[str, str | None]]:
     return [(name, (found[0] if (found := DATASETS[name].locate(root)) else None)) for name in DATASETS]
 
 
-__all__ = ["BINARIZE", "DATASETS", "Dataset", "available", "balanced_labels", "load_dataset"]
+__all__ = ["BINARIZE", "DATASETS", "Dataset", "available", "balanced_labels", "hold_out", "load_dataset"]
