@@ -49,7 +49,8 @@ def test_the_validation_set_is_disjoint_reproducible_and_taken_from_the_training
     val, kept = set(a.val_x.flatten().tolist()), set(a.train_x.flatten().tolist())
     assert len(a.val_x) == 25 and len(a.train_x) == 100 - 25  # shrinks by exactly the held-out count
     assert not val & kept and val | kept == set(range(100))
-    assert torch.equal(a.val_y, a.val_x.flatten().long() % 10) and torch.equal(a.train_y, a.train_x.flatten().long() % 10)
+    for x, y in ((a.val_x, a.val_y), (a.train_x, a.train_y)):  # the labels follow their examples
+        assert torch.equal(y, x.flatten().long() % 10)
     assert torch.equal(a.val_x, again.val_x) and torch.equal(a.train_x, again.train_x)  # same seed, same split
     assert not torch.equal(a.val_x, other.val_x)  # another seed, another split
     assert a.validation == {"fraction": 0.25, "seed": 1, "count": 25, "of": 100}
@@ -310,7 +311,7 @@ def test_resume_is_bit_identical_with_the_switches_on(tmp_path):
                 "--free-bits", "0.25"]
     assert main(["train", *switches, "--epochs", "4", "--out", str(tmp_path / "straight")]) == 0
     assert main(["train", *switches, "--epochs", "2", "--out", str(tmp_path / "resumed")]) == 0
-    assert main(["train", "--resume", "--epochs", "4", "--out", str(tmp_path / "resumed"), "--quiet", "--no-report"]) == 0
+    assert main(["train", "--resume", "--epochs", "4", "--out", str(tmp_path / "resumed"), *SMALL[-2:]]) == 0
     for checkpoint in ("last", "best"):
         a, b = (aevb.load(tmp_path / r, checkpoint=checkpoint).state_dict() for r in ("straight", "resumed"))
         assert all(torch.equal(a[k], b[k]) for k in a), checkpoint

@@ -122,7 +122,7 @@ def free_bits_kl(q_z: Independent, p_z: Independent, z: torch.Tensor, closed: bo
     Σ_d [KL_id where KL_d > λ, else the constant λ], whose minibatch mean is that sum exactly: a dimension
     whose mean KL is below λ nats gets no gradient from the KL, the others the plain one. q and p must
     factorise (``factorises``); KL_id in closed form (``closed``) or the MC estimate from z, as the
-    estimator computes the whole KL."""
+    estimator computes the whole KL. Under torchrun the minibatch is each rank's shard."""
     kl = _kl(q_z.base_dist, p_z.base_dist, z, closed)  # (N, D)
     return torch.where(kl.mean(0) > free_bits, kl, torch.full_like(kl, free_bits)).sum(-1)
 
@@ -139,7 +139,7 @@ def has_analytic_kl(q: Distribution, p: Distribution) -> bool:
 @ESTIMATORS.register("auto")
 def sgvb_auto(model, x, samples: int = 1, beta: float = 1.0, free_bits: float | None = None) -> ELBOTerms:
     """Estimator B where a closed-form KL(q‖p) is registered for the model's pair, A otherwise."""
-    return _sgvb(model, x, samples, beta, model.has_analytic_kl(), free_bits)
+    return (sgvb_b if model.has_analytic_kl() else sgvb_a)(model, x, samples, beta, free_bits)
 
 
 def log_weights(model, x, samples: int, beta: float = 1.0) -> torch.Tensor:

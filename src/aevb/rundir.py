@@ -180,7 +180,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 def save_best(path: Path, model: torch.nn.Module, epoch: int) -> None:
     """best.safetensors: the weights of ``epoch``, stamped with it, written atomically. The trainer
-    saves it before the epoch's checkpoint, so that the checkpoint never runs ahead of it."""
+    saves it after the epoch's metrics and before its checkpoint, so the checkpoint never runs ahead
+    of it; killed in between, a resume redoes that epoch bit-identically and writes it again."""
     state = weights_of(model)
     atomic_write(path / BEST, lambda p: save_file(state, str(p), metadata={"epoch": str(epoch)}))
 

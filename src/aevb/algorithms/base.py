@@ -22,8 +22,8 @@ from abc import ABC, abstractmethod
 
 import torch
 from torch import nn
-from torch.nn.utils import clip_grad_norm_
 from torch.nn.parallel import DistributedDataParallel
+from torch.nn.utils import clip_grad_norm_
 
 from ..compiling import CompiledLoss, compiler_missing
 from ..config import Config
