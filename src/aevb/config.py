@@ -152,11 +152,11 @@ HELP = {  # the flags' help lines, where the name alone could mislead
     "lr_patience": "plateau: epochs without a better training ELBO before a decrease (default 5)",
     "val_fraction": "hold this fraction of the training set out for validation, drawn by --seed (default: none); "
                     "metrics.jsonl gets val_elbo etc. per epoch",
-    "early_stopping": "stop after PATIENCE epochs without a better validation ELBO (needs --val-fraction); "
-                      "RUN/best.safetensors holds the best epoch's weights",
-    "grad_clip": "clip each step's total gradient norm to NORM (torch.nn.utils.clip_grad_norm_); metrics.jsonl gets "
+    "early_stopping": "the patience: stop after this many epochs without a better validation ELBO (needs "
+                      "--val-fraction); RUN/best.safetensors holds the best epoch's weights (default: never stop)",
+    "grad_clip": "clip each step's total gradient norm to this (torch.nn.utils.clip_grad_norm_); metrics.jsonl gets "
                  "train_grad_norm, the mean norm before clipping (default: no clipping)",
-    "free_bits": "free bits (Kingma et al. 2016): in the training objective each latent dimension's minibatch-mean "
+    "free_bits": "free bits λ (Kingma et al. 2016): in the training objective each latent dimension's minibatch-mean "
                  "KL is at least λ nats; the reported ELBO is unchanged (sgvb, estimators A/B/auto, factorised q, p)",
 }
 
