@@ -243,7 +243,7 @@ def test_h5ad_layer_and_labels_round_trip(h5ad_file):
 
 
 def held_out():
-    """The test rows of an 80-cell file: hold_out's seeded draw, restated."""
+    """The test rows of an 80-cell file: hold_out_test's seeded draw, restated."""
     return np.sort(np.random.default_rng(0).permutation(N_OBS)[:8])
 
 

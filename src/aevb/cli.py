@@ -112,16 +112,17 @@ def load_test_data(run: Path, n: int | None = None):
 def cmd_evaluate(args) -> None:
     from .api import load
     from .evaluate import evaluate, format_evaluation
-    from .rundir import write_text
+    from .rundir import checkpoint_epoch, write_text
 
     run = Path(args.run)
     device = device_of(args)
-    model = load(run, device)
+    model = load(run, device, args.checkpoint)
     x, y = load_test_data(run, args.test_size)
     ks = sorted({1, 5, 50, args.k} if args.k >= 50 else {1, args.k})
     result = evaluate(model, x.to(device), ks, samples=args.samples, max_memory=int(args.max_memory * 2**20),
                       progress=sys.stderr.isatty(), y=None if y is None else y.to(device), precision=args.precision,
                       compile=args.compile)
+    result |= {"checkpoint": args.checkpoint, "epoch": checkpoint_epoch(run, args.checkpoint)}
     write_text(run / "eval.json", json.dumps(result, indent=2) + "\n")
     print(format_evaluation(result))
     print(f"written to {run / 'eval.json'}")
@@ -369,6 +370,8 @@ def build_parser() -> Parser:
     p.add_argument("--k", type=positive_int, default=5000, help="importance samples (default 5000)")
     p.add_argument("--samples", type=positive_int, default=1, help="L, samples per datapoint for the ELBO")
     p.add_argument("--test-size", type=positive_int, help="evaluate on the first N test images only")
+    p.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                   help="last (model.safetensors, default) or best (best.safetensors: the best validation ELBO)")
     p.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32",
                    help="the networks in bf16 or fp16 (16-mixed: CUDA), everything else fp32 (default 32: fp32 throughout)")
     add_device_flag(p)

@@ -32,6 +32,7 @@ class DataConfig:
     channels: typing.Optional[int] = None  # folder: 1 (grey) or 3 (RGB); None: 1 if every image is grey, else 3
     layer: typing.Optional[str] = None  # h5ad: the layer to train on (e.g. counts); None: X
     label_key: typing.Optional[str] = None  # h5ad: the obs column of class labels (shown in figures); None: no labels
+    val_fraction: typing.Optional[float] = None  # held out of the training set by the run's seed; None: no validation
 
 
 @dataclass
@@ -93,6 +94,9 @@ class TrainConfig:
     labelled_every: typing.Optional[int] = None  # a labelled step after every K unlabelled steps (Pyro's schedule); None: a labelled batch in every step
     logger: list[str] = field(default_factory=lambda: ["jsonl"])  # where metrics go (aevb.logging); jsonl always
     log_images_every: int = 5  # tensorboard: sample and reconstruction grids every N epochs and at the last
+    early_stopping: typing.Optional[int] = None  # stop after this many epochs without a better val_elbo; None: never
+    grad_clip: typing.Optional[float] = None  # clip the total gradient norm of each step to this; None: no clipping
+    free_bits: typing.Optional[float] = None  # sgvb: each latent dimension's KL in the objective ≥ λ nats; None: off
 
 
 @dataclass
@@ -124,11 +128,12 @@ POSITIVE_ITEMS = {"hidden", "conv_channels", "hidden2", "image_size"}  # layer s
 POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs", "batch_size", "samples",
             "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
             "nan_retries", "labelled", "labelled_batch_size", "labelled_weight", "labelled_every",
-            "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step", "likelihood_trials", "log_images_every"}
+            "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step", "likelihood_trials", "log_images_every",
+            "early_stopping", "grad_clip", "free_bits"}
 NON_NEGATIVE = {"beta", "beta_y", "warmup_epochs", "alpha", "lr_patience"}
 AT_MOST_ONE = {"cycle_ratio": "(0, 1]", "labelled_weight": "(0, 1]"}  # fractions: upper bound inclusive
-BELOW_ONE = {"nan_lr_factor": "(0, 1)", "lr_gamma": "(0, 1)",
-             "test_fraction": "(0, 1)"}  # fractions: upper bound exclusive
+BELOW_ONE = {"nan_lr_factor": "(0, 1)", "lr_gamma": "(0, 1)", "test_fraction": "(0, 1)",
+             "val_fraction": "(0, 1)"}  # fractions: upper bound exclusive
 BINARIZE = ("none", "dynamic", "static")
 ON_NAN = ("stop", "rollback")
 SPLITS = ("standard", "80/20")
@@ -160,6 +165,14 @@ HELP = {  # the flags' help lines, where the name alone could mislead
               "e.g. --logger jsonl,csv,tensorboard",
     "log_images_every": "--logger tensorboard: sample and reconstruction grids every N epochs and at the last "
                         "(default 5)",
+    "val_fraction": "hold this fraction of the training set out for validation, drawn by --seed (default: none); "
+                    "metrics.jsonl gets val_elbo etc. per epoch",
+    "early_stopping": "the patience: stop after this many epochs without a better validation ELBO (needs "
+                      "--val-fraction); RUN/best.safetensors holds the best epoch's weights (default: never stop)",
+    "grad_clip": "clip each step's total gradient norm to this (torch.nn.utils.clip_grad_norm_); metrics.jsonl gets "
+                 "train_grad_norm, the mean norm before clipping (default: no clipping)",
+    "free_bits": "free bits λ (Kingma et al. 2016): in the training objective each latent dimension's minibatch-mean "
+                 "KL is at least λ nats; the reported ELBO is unchanged (sgvb, estimators A/B/auto, factorised q, p)",
 }
 
 

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import Distribution, Independent, kl_divergence
 
 from .registry import Registry
 
@@ -52,16 +52,20 @@ class ELBOTerms:
 class Estimator:
     """A registered estimator (``name``: A, B, auto, iwae) with its ``samples`` (L, or k for iwae)
     and the weight β of the KL of z in the objective; ``beta_y`` weighs the KL of a latent class
-    (M2's y) apart from β, None: β. ``estimator(model, x)`` applies it to a model's encode, decode
-    and prior; a model's ``elbo(x, estimator)`` is where a model with more latents combines it."""
+    (M2's y) apart from β, None: β; ``free_bits`` λ makes the objective the free-bits one of
+    estimators A and B (``free_bits_kl``; None: off). ``estimator(model, x)`` applies it to a model's
+    encode, decode and prior; a model's ``elbo(x, estimator)`` is where a model with more latents combines it."""
 
     name: str = "auto"
     samples: int = 1
     beta: float = 1.0
     beta_y: float | None = None
+    free_bits: float | None = None
 
     def __call__(self, model, x: torch.Tensor) -> "ELBOTerms":
-        return ESTIMATORS[self.name](model, x, self.samples, self.beta)
+        if self.free_bits is None:
+            return ESTIMATORS[self.name](model, x, self.samples, self.beta)
+        return ESTIMATORS[self.name](model, x, self.samples, self.beta, free_bits=self.free_bits)
 
     @property
     def class_beta(self) -> float:
@@ -75,25 +79,52 @@ def _sample(model, x, samples):
     return q_z, z, model.decode(z).log_prob(x)
 
 
+def _kl(q: Distribution, p: Distribution, z: torch.Tensor, closed: bool) -> torch.Tensor:
+    """KL(q ‖ p) in closed form, or its MC estimate 1/L Σ_l log q(z_l) - log p(z_l) from z (L, N, ...)."""
+    return kl_divergence(q, p) if closed else (q.log_prob(z) - p.log_prob(z)).mean(0)
+
+
+def _sgvb(model, x, samples: int, beta: float, closed: bool, free_bits: float | None) -> ELBOTerms:
+    """Estimator A (``closed`` False) or B (True); with ``free_bits`` λ the objective's KL is the free-bits one."""
+    q_z, z, log_px_z = _sample(model, x, samples)
+    p_z = model.prior()
+    kl = _kl(q_z, p_z, z, closed)
+    log_px_z = log_px_z.mean(0)
+    penalty = kl if free_bits is None else free_bits_kl(q_z, p_z, z, closed, free_bits)
+    return ELBOTerms(log_px_z - kl, log_px_z, kl, log_px_z - beta * penalty)
+
+
 @ESTIMATORS.register("A")
-def sgvb_a(model, x, samples: int = 1, beta: float = 1.0) -> ELBOTerms:
+def sgvb_a(model, x, samples: int = 1, beta: float = 1.0, free_bits: float | None = None) -> ELBOTerms:
     """SGVB estimator A (Kingma & Welling 2013, eq. 6):
     1/L Σ_l log p(x, z_l) - log q(z_l|x), z_l = g(ε_l, x). The KL is the MC estimate
-    1/L Σ_l log q(z_l|x) - log p(z_l), weighted by β in the objective."""
-    q_z, z, log_px_z = _sample(model, x, samples)
-    kl = (q_z.log_prob(z) - model.prior().log_prob(z)).mean(0)
-    log_px_z = log_px_z.mean(0)
-    return ELBOTerms(log_px_z - kl, log_px_z, kl, log_px_z - beta * kl)
+    1/L Σ_l log q(z_l|x) - log p(z_l), weighted by β in the objective (free bits: ``free_bits_kl``)."""
+    return _sgvb(model, x, samples, beta, False, free_bits)
 
 
 @ESTIMATORS.register("B")
-def sgvb_b(model, x, samples: int = 1, beta: float = 1.0) -> ELBOTerms:
+def sgvb_b(model, x, samples: int = 1, beta: float = 1.0, free_bits: float | None = None) -> ELBOTerms:
     """SGVB estimator B (Kingma & Welling 2013, eq. 7):
-    -KL(q(z|x) ‖ p(z)) + 1/L Σ_l log p(x|z_l), the KL in closed form."""
-    q_z, _, log_px_z = _sample(model, x, samples)
-    kl = kl_divergence(q_z, model.prior())
-    log_px_z = log_px_z.mean(0)
-    return ELBOTerms(log_px_z - kl, log_px_z, kl, log_px_z - beta * kl)
+    -KL(q(z|x) ‖ p(z)) + 1/L Σ_l log p(x|z_l), the KL in closed form (free bits: ``free_bits_kl``)."""
+    return _sgvb(model, x, samples, beta, True, free_bits)
+
+
+def factorises(d: Distribution) -> bool:
+    """Whether d over R^D is a product of D one-dimensional distributions, ``Independent(·, 1)``:
+    then KL(q ‖ p) of two such is the sum of the KLs of their coordinates."""
+    return isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1
+
+
+def free_bits_kl(q_z: Independent, p_z: Independent, z: torch.Tensor, closed: bool, free_bits: float) -> torch.Tensor:
+    """The KL term of the free-bits objective (Kingma et al. 2016, IAF paper, section 'free bits'),
+    per datapoint, shape (N,): the objective replaces Σ_d KL_d, with KL_d = mean_i KL(q(z_d|x_i) ‖ p(z_d))
+    the minibatch mean of dimension d, by Σ_d max(λ, KL_d). Written per datapoint as
+    Σ_d [KL_id where KL_d > λ, else the constant λ], whose minibatch mean is that sum exactly: a dimension
+    whose mean KL is below λ nats gets no gradient from the KL, the others the plain one. q and p must
+    factorise (``factorises``); KL_id in closed form (``closed``) or the MC estimate from z, as the
+    estimator computes the whole KL. Under torchrun the minibatch is each rank's shard."""
+    kl = _kl(q_z.base_dist, p_z.base_dist, z, closed)  # (N, D)
+    return torch.where(kl.mean(0) > free_bits, kl, torch.full_like(kl, free_bits)).sum(-1)
 
 
 def has_analytic_kl(q: Distribution, p: Distribution) -> bool:
@@ -106,9 +137,9 @@ def has_analytic_kl(q: Distribution, p: Distribution) -> bool:
 
 
 @ESTIMATORS.register("auto")
-def sgvb_auto(model, x, samples: int = 1, beta: float = 1.0) -> ELBOTerms:
+def sgvb_auto(model, x, samples: int = 1, beta: float = 1.0, free_bits: float | None = None) -> ELBOTerms:
     """Estimator B where a closed-form KL(q‖p) is registered for the model's pair, A otherwise."""
-    return (sgvb_b if model.has_analytic_kl() else sgvb_a)(model, x, samples, beta)
+    return (sgvb_b if model.has_analytic_kl() else sgvb_a)(model, x, samples, beta, free_bits)
 
 
 def log_weights(model, x, samples: int, beta: float = 1.0) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The run directory: config.json, model.safetensors, optimizer.pt, metrics.jsonl, figures.
+"""The run directory: config.json, model.safetensors, optimizer.pt, metrics.jsonl, figures, and
+best.safetensors (the weights of the epoch with the best validation ELBO) where a validation set is held out.
 
 Every file is written atomically (temporary file, flushed to disk, then renamed). Weights load only
 through safetensors and optimizer state only through ``torch.load(weights_only=True)``, so nothing
@@ -33,6 +34,8 @@ from .errors import ConfigError, RunError
 CONFIG, WEIGHTS, OPTIMIZER, METRICS = "config.json", "model.safetensors", "optimizer.pt", "metrics.jsonl"
 METRICS_CSV = "metrics.csv"  # aevb.logging's csv logger: metrics.jsonl as a table
 PREVIOUS = "optimizer.prev.pt"  # the previous optimizer state, present only while (or if killed while) saving
+BEST = "best.safetensors"  # the weights of the epoch with the best validation ELBO (runs with --val-fraction)
+CHECKPOINTS = {"last": WEIGHTS, "best": BEST}  # what --checkpoint names
 
 
 def fsync_path(path: Path) -> None:
@@ -106,9 +109,13 @@ def is_run(path: Path) -> bool:
     return (path / CONFIG).is_file()
 
 
-def write_config(path: Path, cfg: Config, x_shape, source: str, n_classes) -> None:
+def write_config(path: Path, cfg: Config, x_shape, source: str, n_classes, validation: dict | None = None) -> None:
+    """config.json: cfg and the run's metadata; ``validation`` (data.hold_out's record) where a
+    validation set was held out, so that it can be drawn again."""
     meta = {"x_shape": list(x_shape), "data_source": source, "n_classes": n_classes,
             "versions": {"aevb": __version__, "torch": torch.__version__, "python": platform.python_version()}}
+    if validation is not None:
+        meta["validation"] = validation
     write_text(path / CONFIG, json.dumps({**cfg.to_dict(), "run": meta}, indent=2) + "\n")
 
 
@@ -136,6 +143,11 @@ def read_config(path: Path) -> tuple[Config, dict]:
         raise RunError(f"{file} is corrupt ({e}); the run cannot be loaded") from None
 
 
+def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state as contiguous cpu tensors, as safetensors stores them."""
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
                     schedule=None) -> None:
     """Weights (safetensors) and optimizer state + RNG state (+ the learning-rate schedule's state;
@@ -147,7 +159,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     move in, and optimizer.prev.pt goes. Killed at any point, the folder holds model.safetensors of
     epoch e-1 with an optimizer state of epoch e-1 (optimizer.pt or optimizer.prev.pt), or the
     complete checkpoint of epoch e; ``load_checkpoint`` picks the state that matches the weights."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = weights_of(model)
     trainer = {"optimizer": optimizer.state_dict(), "epoch": epoch, "rng_state": torch.get_rng_state()}
     if schedule is not None:
         trainer["schedule"] = schedule.state_dict()
@@ -169,25 +181,40 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     fsync_path(path)
 
 
+def save_best(path: Path, model: torch.nn.Module, epoch: int) -> None:
+    """best.safetensors: the weights of ``epoch``, stamped with it, written atomically. The trainer
+    saves it after the epoch's metrics and before its checkpoint, so the checkpoint never runs ahead
+    of it; killed in between, a resume redoes that epoch bit-identically and writes it again."""
+    state = weights_of(model)
+    atomic_write(path / BEST, lambda p: save_file(state, str(p), metadata={"epoch": str(epoch)}))
+
+
 def remove_stale_temps(path: Path) -> None:
     """Temporary files of a process that was killed while writing (they are never complete files)."""
-    for name in (CONFIG, WEIGHTS, OPTIMIZER, METRICS, METRICS_CSV):
+    for name in (CONFIG, WEIGHTS, OPTIMIZER, METRICS, METRICS_CSV, BEST):
         for tmp in Path(path).glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 
 
-def checkpoint_epoch(path: Path) -> int:
-    """The epoch of the run's saved weights; 0 when there are none (or they cannot be read)."""
+def checkpoint_epoch(path: Path, checkpoint: str = "last") -> int:
+    """The epoch of the run's saved weights (``checkpoint`` "last" or "best"); 0 when there are none
+    (or they cannot be read)."""
     try:
-        with safe_open(str(Path(path) / WEIGHTS), "pt") as f:
+        with safe_open(str(Path(path) / CHECKPOINTS[checkpoint]), "pt") as f:
             return int((f.metadata() or {}).get("epoch", 0))
     except Exception:
         return 0
 
 
-def load_weights(path: Path, model: torch.nn.Module) -> int:
-    """Load model.safetensors into model (strictly); returns the epoch it was saved at."""
-    file = Path(path) / WEIGHTS
+def load_weights(path: Path, model: torch.nn.Module, checkpoint: str = "last") -> int:
+    """Load the run's weights into model (strictly): ``checkpoint`` "last" (model.safetensors) or
+    "best" (best.safetensors); returns the epoch they were saved at."""
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"unknown checkpoint {checkpoint!r}; choose one of: {', '.join(CHECKPOINTS)}")
+    file = Path(path) / CHECKPOINTS[checkpoint]
+    if checkpoint == "best" and not file.is_file():
+        raise RunError(f"{path} has no {BEST}: only a run with a validation set keeps its best epoch; use the last "
+                       "checkpoint, or train with --val-fraction")
     if not file.is_file():
         raise RunError(f"{path} has no {WEIGHTS}; the run has not finished an epoch yet: "
                        f"train it with 'aevb train --resume --out {path}'")

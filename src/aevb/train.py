@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import rundir
 from .algorithms import ALGORITHMS, default_algorithm
 from .config import Config
-from .data import Dataset, check_dataset, load_dataset
+from .data import Dataset, check_dataset, hold_out, load_dataset
 from .distributed import epoch_seed, join, leave
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
@@ -106,6 +106,9 @@ class Trainer:
         t = cfg.train
         self.cfg, self.data = cfg, data
         self.group, self.device = join(resolve_device(t.device))  # a torchrun launch: this rank's place and device
+        if t.early_stopping is not None and data.val_x is None:
+            raise ConfigError(f"--early-stopping {t.early_stopping} watches the validation ELBO, and there is no "
+                              "validation set: add --val-fraction (e.g. 0.1)")
         if t.batch_size < self.group.world:
             raise ConfigError(f"--batch-size {t.batch_size} is the global batch and cannot be split over "
                               f"{self.group.world} processes; raise it to at least {self.group.world}")
@@ -120,6 +123,8 @@ class Trainer:
         self.warnings = [w for w in (check_precision(t.precision, self.device),) if w] + self.algorithm.warnings
         self.x_test = data.test_x.to(self.device)
         self.y_test = None if data.test_y is None else data.test_y.to(self.device)
+        self.x_val = None if data.val_x is None else data.val_x.to(self.device)
+        self.y_val = None if data.val_y is None else data.val_y.to(self.device)
         self.steps = math.ceil(self.algorithm.n / t.batch_size)
 
     def permutation(self, epoch: int) -> torch.Tensor:
@@ -163,6 +168,15 @@ class Trainer:
         out = self.algorithm.test(self.x_test, self.y_test)
         self.model.train()
         return out
+
+    def validate(self) -> dict[str, float]:
+        """The test metrics of the validation set, named val_* (val_elbo, ...); {} without one. Under
+        torchrun, rank 0's, so that every rank takes the same early-stopping decision."""
+        if self.x_val is None:
+            return {}
+        out = self.algorithm.test(self.x_val, self.y_val)
+        self.model.train()
+        return self.group.broadcast({"val_" + k.removeprefix("test_"): v for k, v in out.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +275,9 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False, o
     keeps the last good checkpoint; with ``on_nan="rollback"`` the epoch is instead rolled back to
     its start, the learning rate multiplied by ``nan_lr_factor`` and the epoch run again, at most
     ``nan_retries`` times in the run (each epoch's metrics record ``lr`` and ``nan_rollbacks``).
-    SIGINT/SIGTERM stop at an epoch boundary (see above) and raise TrainingInterrupted."""
+    SIGINT/SIGTERM stop at an epoch boundary (see above) and raise TrainingInterrupted. With
+    ``val_fraction`` a validation set is held out (``data.hold_out``, by the run's seed); with
+    ``early_stopping`` the run ends normally, saying why, once its ELBO has not improved for that many epochs."""
     with StopRequest(quiet) as stop:
         meta = None
         if resume:
@@ -273,7 +289,7 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False, o
             cfg = saved
         check_names(cfg)
         seed_everything(cfg.train.seed)
-        data = data or load_dataset(cfg.data)
+        data = hold_out(data or load_dataset(cfg.data), cfg.data.val_fraction, cfg.train.seed)
         trainer = Trainer(cfg, data)
         main = trainer.group.main  # under torchrun rank 0 alone writes and prints
         quiet = quiet or not main
@@ -310,7 +326,7 @@ def _train(trainer: Trainer, data: Dataset, out, resume: bool, overwrite: bool, 
         start, rollbacks = 0, 0
     try:
         if not resume and group.main:
-            rundir.write_config(run, cfg, data.x_shape, data.source, data.n_classes)
+            rundir.write_config(run, cfg, data.x_shape, data.source, data.n_classes, data.validation)
         if not quiet:
             print(f"run directory: {run}", flush=True)
         with open_loggers(trainer, run, start) as log:
@@ -342,13 +358,46 @@ def diverged(e: TrainingDiverged, run: Path, epoch: int, lr: float, rollbacks: i
     return TrainingDiverged(f"{e}; {where}: {fix}")
 
 
-def run_epochs(trainer: Trainer, run: Path, start: int, rollbacks: int, stop: StopRequest, quiet: bool, log) -> bool:
-    """Epochs start+1 .. epochs: train, test, metrics (to ``log``, the run's loggers), checkpoint. Stops
-    early when a signal came (returns False), at an epoch boundary."""
+class BestEpoch:
+    """The epoch of the best validation ELBO so far (the first of the highest ``val_elbo``), and
+    --early-stopping's verdict on it. Built from the metrics of the epochs a run has done, so a
+    resumed run knows both from metrics.jsonl: no state of its own is saved."""
+
+    def __init__(self, records: list[dict], patience: int | None):
+        self.epoch, self.elbo, self.patience = 0, -math.inf, patience
+        for record in records:
+            self.update(record)
+
+    def update(self, record: dict) -> bool:
+        """Take one epoch's metrics; whether its val_elbo beats every earlier one (NaN never does)."""
+        elbo = record.get("val_elbo")
+        if elbo is None or not elbo > self.elbo:
+            return False
+        self.epoch, self.elbo = record["epoch"], elbo
+        return True
+
+    def exhausted(self, epoch: int) -> bool:
+        """Whether, after ``epoch``, --early-stopping's patience has run out."""
+        return self.patience is not None and epoch - self.epoch >= self.patience
+
+    def stopped(self, epoch: int, run: Path) -> str:
+        """The line a run stopped early ends with: why, and where the best epoch is."""
+        best = (f"the best was epoch {self.epoch} (validation ELBO {self.elbo:.3f}), whose weights are in "
+                f"{run / rundir.BEST}" if self.epoch else "no epoch had a finite validation ELBO")
+        return (f"early stopping: the validation ELBO has not improved for {epoch - self.epoch} epochs "
+                f"(--early-stopping {self.patience}), stopped after epoch {epoch}; {best}")
+
+
+def run_epochs(trainer: Trainer, run: Path, start: int, rollbacks: int, stop: StopRequest, quiet: bool,
+               log) -> bool:
+    """Epochs start+1 .. epochs: train, test, validate, metrics (to ``log``, the run's loggers), checkpoint (and best.safetensors,
+    written before the checkpoint, when the validation ELBO improves). Stops early when a signal came
+    (returns False), at an epoch boundary, or when --early-stopping's patience ran out (returns True)."""
     cfg = trainer.cfg
     t = cfg.train
+    best = BestEpoch(rundir.read_metrics(run) if start else [], t.early_stopping)
     epoch = start + 1
-    while epoch <= t.epochs and not stop.agreed(trainer.group):
+    while epoch <= t.epochs and not best.exhausted(epoch - 1) and not stop.agreed(trainer.group):
         snapshot = Snapshot(trainer) if t.on_nan == "rollback" else None
         try:
             record = trainer.epoch(epoch, quiet)
@@ -365,19 +414,27 @@ def run_epochs(trainer: Trainer, run: Path, start: int, rollbacks: int, stop: St
                 tqdm.write(f"{e}: rolled back to the start of epoch {epoch}, learning rate "
                            f"{lr:.3g} -> {lr * t.nan_lr_factor:.3g} (rollback {rollbacks} of {t.nan_retries})")
             continue
-        record |= trainer.test()
+        record |= trainer.test() | trainer.validate()
         if snapshot is not None or trainer.schedule is not None:  # the rate this epoch ran at
             record["lr"] = trainer.optimizer.param_groups[0]["lr"]
         if snapshot is not None:
             record["nan_rollbacks"] = rollbacks
         step_schedule(trainer.schedule, record)
+        improved = best.update(record)
         if trainer.group.main:  # metrics first: killed between the two, a resume truncates the metrics to the checkpoint
             log(record)
+            if improved:
+                rundir.save_best(run, trainer.model, epoch)
             rundir.save_checkpoint(run, trainer.model, trainer.optimizer, epoch, trainer.schedule)
         if not quiet:
             tqdm.write(f"epoch {epoch:>3}/{t.epochs}  train ELBO {record['train_elbo']:9.3f}  "
                        f"test ELBO {record['test_elbo']:9.3f}  test KL {record['test_kl']:7.3f}  "
-                       + (f"test accuracy {record['test_accuracy']:.4f}  " if "test_accuracy" in record else "") +
+                       + (f"test accuracy {record['test_accuracy']:.4f}  " if "test_accuracy" in record else "")
+                       + (f"val ELBO {record['val_elbo']:9.3f}  " if "val_elbo" in record else "") +
                        f"{record['samples_per_sec']:8.0f} samples/s")
         epoch += 1
+    if best.exhausted(epoch - 1) and epoch <= t.epochs:
+        if trainer.group.main:
+            print(best.stopped(epoch - 1, run), flush=True)
+        return True
     return epoch > t.epochs

@@ -12,15 +12,18 @@ Precision is the algorithm's too: ``--precision`` wraps the model's networks onc
 compiles its ``loss`` (see ``aevb.compiling``).
 
 β and the estimator reach the model as one value, ``estimator_at(progress)``: an ``Estimator``
-with the configured name and samples and the scheduled β.
+with the configured name, samples and free bits and the scheduled β. ``update`` clips the gradient
+norm where --grad-clip asks (after unscaling an fp16 gradient).
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.nn.utils import clip_grad_norm_
 
 from ..compiling import CompiledLoss, compiler_missing
 from ..config import Config
@@ -91,6 +94,7 @@ class Algorithm(ABC):
         self.schedule = SCHEDULES[t.beta_schedule]
         self.terms = reported_terms(model)
         self.beta = t.beta
+        self.grad_clip = t.grad_clip
         self.x: torch.Tensor
 
     @property
@@ -103,10 +107,10 @@ class Algorithm(ABC):
         return torch.bernoulli(x) if self.dynamic else x
 
     def estimator_at(self, progress: float) -> Estimator:
-        """The configured estimator with β as the schedule sets it ``progress`` epochs into the run."""
+        """The configured estimator (and --free-bits) with β as the schedule sets it ``progress`` epochs in."""
         t = self.cfg.train
         self.beta = self.schedule(t.beta, progress, t.epochs, t.warmup_epochs, t.cycles, t.cycle_ratio)
-        return Estimator(t.estimator, t.samples, self.beta, t.beta_y)
+        return Estimator(t.estimator, t.samples, self.beta, t.beta_y, t.free_bits)
 
     def update(self, loss: torch.Tensor) -> None:
         """One optimizer step on ``loss`` plus the θ term of ``--theta`` (models/theta.py), refused
@@ -127,14 +131,28 @@ class Algorithm(ABC):
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
+            self.clip()
             self.optimizer.step()
         else:
             self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
+            self.clip()
             self.scaler.step(self.optimizer)
             self.scaler.update()
 
+    def clip(self) -> None:
+        """--grad-clip c: rescale the gradient g of all parameters to g·min(1, c/‖g‖₂)
+        (torch.nn.utils.clip_grad_norm_), adding ‖g‖₂ before clipping to the epoch's sum (a step whose fp16
+        gradient overflowed, which the GradScaler skips, is left out of the mean)."""
+        if self.grad_clip is None:
+            return
+        norm = clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        finite = torch.isfinite(norm)
+        self.grad_norms += torch.stack([torch.where(finite, norm, 0.0), finite.float()]).detach()
+
     def begin_epoch(self) -> None:
         self.sums = torch.zeros(len(self.terms), device=self.device)
+        self.grad_norms = torch.zeros(2, device=self.device)  # --grad-clip: the sum of the norms, the steps counted
 
     def accumulate(self, terms: ELBOTerms) -> None:
         """Add a batch's bound terms to the epoch's sums (on the device: read once per epoch)."""
@@ -150,10 +168,14 @@ class Algorithm(ABC):
         ``progress`` epochs into the run."""
 
     def end_epoch(self) -> dict[str, float]:
-        """The epoch's training metrics: β at its end and the mean bound terms per example."""
+        """The epoch's training metrics: β at its end and the mean bound terms per example (with
+        --grad-clip, ``train_grad_norm``: the mean gradient norm before clipping; DDP's is the same on every rank)."""
         sums = self.group.all_sum(self.sums)  # each rank summed its shards
         theta = {"train_theta_term": self.theta_term.item()} if self.theta[0] != "ml" else {}
-        return {"beta": self.beta} | {f"train_{name}": v for name, v in zip(self.terms, (sums / self.n).tolist())} | theta
+        norm, steps = self.grad_norms.tolist()
+        clip = {"train_grad_norm": norm / steps if steps else math.nan} if self.grad_clip is not None else {}
+        return ({"beta": self.beta} | {f"train_{name}": v for name, v in zip(self.terms, (sums / self.n).tolist())}
+                | theta | clip)
 
     def test(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         """Test metrics in fp32 whatever the training precision: the mean bound terms under the

@@ -10,6 +10,7 @@ import torch
 
 from ..data import balanced_labels
 from ..distributed import Group
+from ..errors import ConfigError
 from ..models import Classifier
 from ..objectives import ELBOTerms, Estimator
 from .base import ALGORITHMS, Algorithm
@@ -54,6 +55,8 @@ class SemiSupervised(Algorithm):
     def __init__(self, cfg, model, optimizer, data, device, group=Group()):
         super().__init__(cfg, model, optimizer, data, device, group)
         t = cfg.train
+        if t.free_bits is not None:
+            raise ConfigError("--free-bits applies to --algorithm sgvb, not semi-supervised training; drop it")
         labelled = balanced_labels(data.train_y, cfg.data.labelled, t.seed)
         unlabelled = torch.ones(len(data.train_x), dtype=torch.bool)
         unlabelled[labelled] = False

@@ -1,7 +1,7 @@
 """Datasets as tensors: registered by name, or a user's data (``npz:PATH``, ``folder:PATH``,
 ``h5ad:PATH``), split 60k/10k-style into train and test (user data without a test split: a seeded
 ``test_fraction`` held out), scaled to [0, 1] (images), optionally binarised, and checked for shape
-and finiteness."""
+and finiteness; a validation set is held out of the training set on request (``hold_out``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -21,12 +21,15 @@ from .sources import data_dir
 
 BINARIZE_SEED = 0  # the one fixed draw for static binarisation and for the dynamic test set
 SPLIT_SEED = 0  # the one fixed permutation behind the 80/20 split and the test_fraction held out
+VALIDATION_BINARIZE_SEED = BINARIZE_SEED + 2  # the one draw of a dynamic validation set (+1 is static train's)
 
 
 @dataclass
 class Dataset:
     """Train and test tensors of shape (N, *x_shape), float32; labels int64 or None, and the names
-    of the classes where the data has them (folder names, categories of an obs column)."""
+    of the classes where the data has them (folder names, categories of an obs column). ``val_x``/``val_y``:
+    the validation set ``hold_out`` took out of the training set (None without one), and ``validation``
+    how to draw it again (fraction, seed, count, and the size of the training set it was drawn from)."""
 
     name: str
     source: str
@@ -36,6 +39,9 @@ class Dataset:
     test_y: torch.Tensor | None
     binarize: str = "none"
     classes: tuple[str, ...] | None = None
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+    validation: dict | None = None
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -87,7 +93,7 @@ def load_dataset(cfg) -> Dataset:
         (tx, ty, sx, sy), classes = USER_DATA[user[0]](user[1], cfg)
         source = str(user[1])
         if sx is None:
-            tx, ty, sx, sy = hold_out(tx, ty, cfg.test_fraction, source)
+            tx, ty, sx, sy = hold_out_test(tx, ty, cfg.test_fraction, source)
         elif cfg.test_fraction != DataConfig.test_fraction:
             raise ConfigError(f"test_fraction has nothing to do: {source} has its own test split; drop it")
     else:
@@ -129,7 +135,7 @@ def read_user_npz(path: Path) -> Arrays:
     return tx, labels[0], sx, labels[1]
 
 
-def hold_out(x: np.ndarray, y: np.ndarray | None, fraction: float, source: str) -> Arrays:
+def hold_out_test(x: np.ndarray, y: np.ndarray | None, fraction: float, source: str) -> Arrays:
     """A seeded (SPLIT_SEED) random ``fraction`` of the examples as the test set, at least one of
     each part: (train_x, train_y, test_x, test_y)."""
     if len(x) < 2:
@@ -184,6 +190,29 @@ def resplit(ds: Dataset) -> Dataset:
                    test_y=None if y is None else y[cut:])
 
 
+def hold_out(ds: Dataset, fraction: float | None, seed: int) -> Dataset:
+    """A validation set of count = round(fraction·N) of the N training examples, removed from the
+    training set: the first count of ``torch.randperm(N)`` drawn by a generator seeded with ``seed``
+    (the run's seed), both parts in their original order. Their labels follow them, so a semi-supervised
+    run draws its labelled examples from what remains. Dynamically binarised data gets a validation set
+    binarised once, as the test set is. ``fraction`` None: ``ds`` as it is."""
+    if fraction is None:
+        return ds
+    n = len(ds.train_x)
+    count = round(fraction * n)
+    if not 0 < count < n:
+        raise ConfigError(f"--val-fraction {fraction} of {n} training examples holds out {count}; choose a fraction "
+                          "that leaves at least one example in each of the two sets")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:count].sort().values, perm[count:].sort().values
+    val_x = ds.train_x[val]
+    if ds.binarize == "dynamic":
+        val_x = torch.bernoulli(val_x, generator=torch.Generator().manual_seed(VALIDATION_BINARIZE_SEED))
+    labels = lambda i: None if ds.train_y is None else ds.train_y[i]  # noqa: E731
+    return replace(ds, train_x=ds.train_x[train], train_y=labels(train), val_x=val_x, val_y=labels(val),
+                   validation={"fraction": fraction, "seed": seed, "count": count, "of": n})
+
+
 def balanced_labels(y: torch.Tensor | None, n: int | None, seed: int) -> torch.Tensor:
     """Indices of n labelled examples, n/K of each of the K classes, drawn by ``seed``
     (all indices where n is None)."""
@@ -224,4 +253,5 @@ def available(data_dir_: str | None = None) -> list[tuple[str, str | None]]:
     return [(name, (found[0] if (found := DATASETS[name].locate(root)) else None)) for name in DATASETS]
 
 
-__all__ = ["BINARIZE", "DATASETS", "Dataset", "available", "balanced_labels", "check_dataset", "load_dataset"]
+__all__ = ["BINARIZE", "DATASETS", "Dataset", "available", "balanced_labels", "check_dataset", "hold_out",
+           "load_dataset"]
