@@ -288,7 +288,7 @@ def cmd_experiment_theta(args) -> None:
 
 
 def cmd_reproduce(args) -> None:
-    from .reproduce import REPRODUCTIONS, listing, module
+    from .reproduce import REPRODUCTIONS, listing, reproduction
 
     if args.list or not args.name:
         print(listing())
@@ -296,10 +296,15 @@ def cmd_reproduce(args) -> None:
     if args.name not in REPRODUCTIONS:
         raise ConfigError(f"unknown reproduction {args.name!r}; choose one of: {', '.join(REPRODUCTIONS)} "
                           "(aevb reproduce --list)")
+    r = reproduction(args.name)
+    options = {key: getattr(args, key) for key in ("rows", "dataset") if getattr(args, key) is not None}
+    for key in options.keys() - set(r.options):
+        raise ConfigError(f"--{key} does not apply to {args.name}" + (f"; it takes --{', --'.join(r.options)}"
+                                                                     if r.options else ""))
     out = Path(args.out or f"reproduce/{args.name}-{args.budget}")
     started = time.perf_counter()
-    print(module(args.name).reproduce(args.budget, out, args.rows, args.data_dir, quiet=args.quiet))
-    print(f"wrote {out}/table.md and {out}/results.json in {(time.perf_counter() - started) / 60:.1f} min")
+    print(r.reproduce(args.budget, out, data_dir=args.data_dir, quiet=args.quiet, **options))
+    print(f"wrote {out} in {(time.perf_counter() - started) / 60:.1f} min")
 
 
 def cmd_embed(args) -> None:
@@ -497,16 +502,18 @@ def build_parser() -> Parser:
     p.add_argument("--quiet", action="store_true", help="print the table only")
     p.set_defaults(func=cmd_experiment_theta)
 
-    p = sub.add_parser("reproduce", help="a paper's table by one command ('aevb reproduce --list' names them)",
-                       description="Train and evaluate every row of a paper's table within a budget; writes "
-                       "OUT/table.md (the paper's numbers beside ours), OUT/results.json and the runs in OUT/runs; "
-                       "run it again to continue where it stopped.")
-    p.add_argument("name", nargs="?", help="the reproduction, e.g. burda2015")
+    p = sub.add_parser("reproduce", help="a paper's table or figure by one command ('aevb reproduce --list' names them)",
+                       description="Train and evaluate every row of a paper's table, or every curve of its figure, "
+                       "within a budget; writes the runs in OUT/runs, OUT/results.json and the paper's result beside "
+                       "ours (OUT/table.md for a table; OUT/FIG.png and OUT/page.md for a figure); run it again to "
+                       "continue where it stopped.")
+    p.add_argument("name", nargs="?", help="the reproduction, e.g. burda2015 or kingma2013-fig2")
     p.add_argument("--list", action="store_true", help="name every reproduction with its budgets")
     p.add_argument("--budget", choices=["smoke", "quick", "paper"], default="quick",
                    help="smoke: seconds (a check); quick: minutes to hours on a CPU; paper: the paper's own schedule")
     p.add_argument("--rows", help="comma-separated rows of the table (default: all); burda2015: "
                    "{vae,iwae}-k{1,5,50}-{1,2}layer, e.g. vae-k1-1layer,iwae-k5-1layer")
+    p.add_argument("--dataset", help="kingma2013-fig2 and -fig4: mnist (default) or frey-face")
     p.add_argument("--out", help="the folder (default reproduce/NAME-BUDGET)")
     p.add_argument("--data-dir")
     p.add_argument("--quiet", action="store_true", help="print the table only")

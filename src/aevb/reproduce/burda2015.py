@@ -39,6 +39,9 @@ PAPER = {
     "vae-k50-2layer": (84.78, "17+5"), "iwae-k50-2layer": (82.90, "26+7"),
 }
 ROWS = tuple(PAPER)
+what = ("Burda, Grosse & Salakhutdinov 2015, Table 1: test NLL and active units of VAE and IWAE, k = 1, 5, 50, "
+        "one and two stochastic layers (MNIST)")
+options = ("rows",)
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ def table(records: list[dict], budget_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def reproduce(budget: str, out: Path, rows: str | None = None, data_dir: str | None = None, quiet: bool = True) -> str:
+def reproduce(budget: str, out: Path, *, rows: str | None = None, data_dir: str | None = None, quiet: bool = True) -> str:
     """Every selected row of the budget, then OUT/results.json and OUT/table.md; returns the table."""
     out = Path(out)
     b = BUDGETS[budget]
