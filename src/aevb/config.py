@@ -155,6 +155,9 @@ HELP = {  # the flags' help lines, where the name alone could mislead
                 "for that set use --dataset binarized-mnist)",
     "hidden2": "--model hierarchical: the hidden layers between z1 and z2 (default 50 50)",
     "latent_dim2": "--model hierarchical: the size of z2 (default 50; --latent-dim is z1's)",
+    "algorithm": "how to train: sgvb (AEVB, Kingma & Welling 2013), semi-supervised (m2, pcvae) or wake-sleep "
+                 "(Hinton et al. 1995: the baseline of the AEVB paper, reporting the same ELBO); default: the "
+                 "model's own (sgvb; semi-supervised for m2, pcvae)",
     "optimizer_eps": "the ε of adam, adagrad and rmsprop (default: torch's; Burda et al. 2015 use 1e-4 with adam)",
     "lr_schedule": "constant (default), burda (3^i epochs at lr·10^(-i/7), i = 0…7), step, cosine or plateau",
     "lr_gamma": "step and plateau: the factor of each decrease (default 0.1)",
