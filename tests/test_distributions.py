@@ -367,6 +367,7 @@ LIKELIHOOD_REFERENCE = {
     "bernoulli": (False, lambda x, h, _: -F.binary_cross_entropy_with_logits(h, x, reduction="none"), "binary"),
     "continuous_bernoulli": (False, _continuous_bernoulli_logpdf, "unit_interval"),
     "gaussian": (True, lambda x, m, s: -0.5 * ((x - m) / s) ** 2 - s.log() - 0.5 * math.log(2 * math.pi), "real"),
+    "sigmoid_gaussian": (True, lambda x, h, s: LIKELIHOOD_REFERENCE["gaussian"][1](x, torch.sigmoid(h), s), "real"),
     "laplace": (True, lambda x, m, b: -(x - m).abs() / b - (2 * b).log(), "real"),
 }
 SUPPORT = {"binary": (0.0, 1.0), "unit_interval": (0.0, 1.0), "real": None}

@@ -27,7 +27,7 @@ class DataConfig:
     test_size: typing.Optional[int] = None
     split: str = "standard"  # the dataset's own train/test split, or "80/20" of both pooled
     labelled: typing.Optional[int] = None  # semi-supervised models: labelled training examples, equal per class; None: all
-    test_fraction: float = 0.1  # folder: and h5ad: data without a test split: the fraction held out (seeded)
+    test_fraction: float = 0.1  # data without a test split (folder:, h5ad:, frey-face): the fraction held out (seeded)
     image_size: typing.Optional[list[int]] = None  # folder: images resized to H W (one value: square); None: as stored
     channels: typing.Optional[int] = None  # folder: 1 (grey) or 3 (RGB); None: 1 if every image is grey, else 3
     layer: typing.Optional[str] = None  # h5ad: the layer to train on (e.g. counts); None: X
@@ -143,8 +143,8 @@ CHOICES = {"binarize": BINARIZE, "on_nan": ON_NAN, "split": SPLITS, "precision":
 HELP = {  # the flags' help lines, where the name alone could mislead
     "dataset": "a registered dataset ('aevb datasets' lists them), npz:PATH, folder:PATH (PNG/JPEG files, one "
                "sub-folder per class) or h5ad:PATH (AnnData; pip install aevb[anndata]) (default mnist)",
-    "test_fraction": "folder: and h5ad: data without a test/ folder: the fraction held out as the test set "
-                     "(default 0.1)",
+    "test_fraction": "data without a test split (folder: and h5ad: data without a test/ folder, frey-face): the "
+                     "fraction held out as the test set, the same examples in every run (default 0.1)",
     "image_size": "folder: resize every image to H W (one value: square); needed where the images differ in size",
     "channels": "folder: 1 (grey) or 3 (RGB); default 1 where every image is grey, else 3",
     "layer": "h5ad: the layer to train on (e.g. counts; default X)",
@@ -155,6 +155,9 @@ HELP = {  # the flags' help lines, where the name alone could mislead
                 "for that set use --dataset binarized-mnist)",
     "hidden2": "--model hierarchical: the hidden layers between z1 and z2 (default 50 50)",
     "latent_dim2": "--model hierarchical: the size of z2 (default 50; --latent-dim is z1's)",
+    "algorithm": "how to train: sgvb (AEVB, Kingma & Welling 2013), semi-supervised (m2, pcvae) or wake-sleep "
+                 "(Hinton et al. 1995: the baseline of the AEVB paper, reporting the same ELBO); default: the "
+                 "model's own (sgvb; semi-supervised for m2, pcvae)",
     "optimizer_eps": "the ε of adam, adagrad and rmsprop (default: torch's; Burda et al. 2015 use 1e-4 with adam)",
     "lr_schedule": "constant (default), burda (3^i epochs at lr·10^(-i/7), i = 0…7), step, cosine or plateau",
     "lr_gamma": "step and plateau: the factor of each decrease (default 0.1)",

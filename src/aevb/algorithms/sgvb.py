@@ -20,6 +20,15 @@ SEMI_SUPERVISED_OPTIONS = {"labelled": "--labelled", "labelled_every": "--labell
                            "alpha": "--alpha"}
 
 
+def refuse_semi_supervised_options(cfg, algorithm: str) -> None:
+    """The options of semi-supervised training mean nothing to an unsupervised ``algorithm``: refuse them."""
+    for key, flag in SEMI_SUPERVISED_OPTIONS.items():
+        section = cfg.data if key == "labelled" else cfg.train
+        if getattr(section, key) is not None:
+            raise ConfigError(f"{flag} applies to the semi-supervised models (m2, pcvae) and "
+                              f"--algorithm semi-supervised, not {cfg.model.model} trained by {algorithm}")
+
+
 def check_free_bits(cfg, model, data) -> None:
     """--free-bits needs a KL per latent dimension: estimator A or B (not iwae), a single latent z
     (not M2's enumerated class), and q(z|x) and p(z) that factorise over the dimensions."""
@@ -43,11 +52,7 @@ class SGVB(Algorithm):
 
     def __init__(self, cfg, model, optimizer, data, device, group=Group()):
         super().__init__(cfg, model, optimizer, data, device, group)
-        for key, flag in SEMI_SUPERVISED_OPTIONS.items():
-            section = cfg.data if key == "labelled" else cfg.train
-            if getattr(section, key) is not None:
-                raise ConfigError(f"{flag} applies to the semi-supervised models (m2, pcvae) and "
-                                  f"--algorithm semi-supervised, not {cfg.model.model} trained by sgvb")
+        refuse_semi_supervised_options(cfg, "sgvb")
         if cfg.train.free_bits is not None:
             check_free_bits(cfg, model, data)
         self.x = data.train_x.to(device)

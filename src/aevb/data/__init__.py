@@ -1,6 +1,6 @@
 """Datasets as tensors: registered by name, or a user's data (``npz:PATH``, ``folder:PATH``,
-``h5ad:PATH``), split 60k/10k-style into train and test (user data without a test split: a seeded
-``test_fraction`` held out), scaled to [0, 1] (images), optionally binarised, and checked for shape
+``h5ad:PATH``), split 60k/10k-style into train and test (data without a test split, a user's or a
+registered set's such as frey-face: a seeded ``test_fraction`` held out), scaled to [0, 1] (images), optionally binarised, and checked for shape
 and finiteness; a validation set is held out of the training set on request (``hold_out``)."""
 from __future__ import annotations
 
@@ -77,9 +77,11 @@ def check_dataset(cfg) -> None:
     for key, prefix in ONLY_FOR.items():
         if getattr(cfg, key) is not None and (user is None or user[0] != prefix):
             raise ConfigError(f"{key} applies to {prefix}:PATH data only, not to {cfg.dataset}; drop it")
-    if cfg.test_fraction != DataConfig.test_fraction and (user is None or user[0] == "npz"):
-        raise ConfigError(f"test_fraction applies to folder: and h5ad: data only; {cfg.dataset} has its own test "
-                          "split: drop it")
+    has_test_split = DATASETS[cfg.dataset].has_test_split if user is None else user[0] == "npz"
+    if cfg.test_fraction != DataConfig.test_fraction and has_test_split:
+        without = [name for name in DATASETS if not DATASETS[name].has_test_split]
+        raise ConfigError(f"test_fraction applies to data without a test split (folder:, h5ad:, {', '.join(without)}); "
+                          f"{cfg.dataset} has its own test split: drop it")
 
 
 def load_dataset(cfg) -> Dataset:
@@ -103,6 +105,8 @@ def load_dataset(cfg) -> Dataset:
                               "0/1 (one fixed draw by its publisher); drop it, or use --dataset mnist --binarize "
                               "dynamic for MNIST binarised afresh in every batch")
         (tx, ty, sx, sy), source = spec.load(data_dir(cfg.data_dir), cfg.download)
+        if sx is None:
+            tx, ty, sx, sy = hold_out_test(tx, ty, cfg.test_fraction, source)
     if cfg.split == "standard":  # cut before converting: a report on 200 test images converts no training set
         tx, ty, sx, sy = cut(tx, cfg.train_size), cut(ty, cfg.train_size), cut(sx, cfg.test_size), cut(sy, cfg.test_size)
     ds = Dataset(cfg.dataset, source, as_float(tx, "train"), as_labels(ty), as_float(sx, "test"), as_labels(sy),

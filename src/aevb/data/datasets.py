@@ -11,12 +11,13 @@ import numpy as np
 
 from ..errors import DataError
 from ..registry import Registry
-from .formats import load_array_pickle, parse_idx, read_binary_amat, read_bytes, read_cifar10_tar
-from .sources import download, download_all
+from .formats import load_array_pickle, parse_idx, read_binary_amat, read_bytes, read_cifar10_tar, read_mat_variable
+from .sources import atomic_write_bytes, download, download_all, fetch_first
 
 DATASETS: Registry["DatasetSpec"] = Registry("dataset")
-# train_x, train_y, test_x, test_y: x uint8 grey levels (or bool for binary pixels); y None for a set without labels
-Arrays = tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]
+# train_x, train_y, test_x, test_y: x uint8 grey levels (or bool for binary pixels); y None for a set without
+# labels; test_x None for a set without a test split (load_dataset holds a seeded test_fraction out)
+Arrays = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]
 
 
 class DatasetSpec:
@@ -25,6 +26,7 @@ class DatasetSpec:
     name: str
     how_to_get: str
     binary = False  # pixels already 0/1, sampled once by the publisher: --binarize has nothing to do
+    has_test_split = True  # False: ``read`` gives every example as training data, and load_dataset holds some out
 
     def local_sources(self, root: Path) -> list[tuple[str, Path]]:
         """(description, path) of every place on this machine that could hold the data."""
@@ -48,7 +50,8 @@ class DatasetSpec:
             try:
                 path = self.fetch(root)
             except DataError as e:
-                raise DataError(f"dataset {self.name} is not on this machine and {e}; {self.how_to_get}") from None
+                raise DataError(f"dataset {self.name} is not on this machine and {e}; {self.how_to_get}; "
+                                f"DATA_DIR is {root} here") from None
             found = (f"downloaded to {path}", path)
         return self.read(found[1]), found[0]
 
@@ -233,6 +236,55 @@ class CIFAR10(DatasetSpec):
 
 
 DATASETS.register("cifar10")(CIFAR10())
+
+
+class FreyFace(DatasetSpec):
+    """Brendan Frey's face (Sam Roweis' data page; the Frey Face set of Kingma & Welling 2013): 1,965 greyscale
+    frames of one video, 28 rows × 20 columns, without labels or a test split. ``frey_rawface.mat`` holds one
+    uint8 variable ``ff`` of shape (560, 1965), one image per column, each column the image's 28 rows of 20
+    pixels one after another (in MATLAB's column-major order, image i is reshape(ff(:, i), 20, 28)'; the
+    public loaders of the file read it alike, as ff.T reshaped to (N, 28, 20) in C order), so the frames
+    are ``ff.T.reshape(-1, 28, 20)``, scaled to [0, 1] as bytes/255 like every image set here.
+
+    No checksum of the file is published anywhere we could find (dataset registries and loaders fetch it
+    unverified), so none is pinned: a download is checked to be a MATLAB file holding ``ff`` as uint8 of
+    exactly that shape before anything is written, and so is a local file when read."""
+
+    name = "frey-face"
+    file = "frey_rawface.mat"
+    urls = ["https://cs.nyu.edu/~roweis/data/frey_rawface.mat", "http://www.cs.nyu.edu/~roweis/data/frey_rawface.mat"]
+    shape = (28 * 20, 1965)
+    how_to_get = f"put {file} (from {urls[0]}) in DATA_DIR/frey-face (it downloads there by itself where a network exists)"
+    has_test_split = False
+
+    def local_sources(self, root):
+        return [(f"data directory {root / self.name}", root / self.name / self.file)]
+
+    def images(self, source: Path | bytes, name: str) -> np.ndarray:
+        """The frames (1965, 1, 28, 20), uint8, from the file's path or bytes."""
+        ff = read_mat_variable(source, "ff", name)
+        if ff.dtype != np.uint8 or ff.shape != self.shape:
+            raise DataError(f"{name} holds ff of shape {ff.shape} ({ff.dtype}), not the published {self.shape} "
+                            f"(uint8): replace it with the original {self.file}")
+        return ff.T.reshape(-1, 1, 28, 20)
+
+    def read(self, source):
+        return self.images(source, str(source)), None, None, None
+
+    def fetch(self, root):
+        def refusal(data: bytes) -> str | None:
+            try:
+                self.images(data, self.file)
+            except DataError as e:
+                return f"not the published file ({e})"
+            return None
+
+        target = root / self.name / self.file
+        atomic_write_bytes(target, fetch_first(self.urls, refusal, self.file))
+        return target
+
+
+DATASETS.register("frey-face")(FreyFace())
 
 
 class Digits(DatasetSpec):

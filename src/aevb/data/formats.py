@@ -1,4 +1,5 @@
-"""Parsers for the file formats datasets ship in: IDX, pickled numpy arrays, npz, CIFAR tarballs, .amat text.
+"""Parsers for the file formats datasets ship in: IDX, pickled numpy arrays, npz, CIFAR tarballs, .amat text,
+MATLAB .mat.
 
 Each validates what it reads and raises DataError with the file's name on anything malformed.
 """
@@ -201,3 +202,20 @@ def first_bad_line(path: Path, columns: int) -> str:
             if odd is not None:
                 return f"line {number} has {one_line(odd.decode('latin1'), 20)!r}"
     return "it has no rows"
+
+
+def read_mat_variable(source: Path | bytes, variable: str, name: str) -> np.ndarray:
+    """The array ``variable`` of a MATLAB file (level 4 or 5, read by scipy.io.loadmat; not the HDF5
+    files of -v7.3), from its path or its bytes."""
+    from scipy.io import loadmat
+
+    try:
+        found = loadmat(io.BytesIO(source) if isinstance(source, bytes) else source, variable_names=[variable])
+    except FileNotFoundError:
+        raise DataError(f"{name} does not exist; put the original file there") from None
+    except Exception as e:  # scipy raises ValueError, TypeError, MatReadError, ... on anything malformed
+        raise DataError(f"{name} is not a readable MATLAB file ({type(e).__name__}: {one_line(e)}); "
+                        "replace it with the original file") from None
+    if variable not in found:
+        raise DataError(f"{name} holds no variable {variable!r}; replace it with the original file")
+    return found[variable]

@@ -9,6 +9,7 @@ import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Callable
 
 from ..errors import DataError
 
@@ -45,9 +46,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 MAX_DOWNLOAD_BYTES = 2**30  # the largest published file (CIFAR-10) is 170 MB
 
 
-def fetch_verified(urls: list[str], digest: str, name: str, gunzipped: bool = False, timeout: float = 30.0) -> bytes:
-    """The bytes of the first URL that answers with content whose SHA-256 (of the gunzipped
-    content when ``gunzipped``) is ``digest``; nothing is written anywhere."""
+def fetch_first(urls: list[str], refusal: Callable[[bytes], str | None], name: str, timeout: float = 30.0) -> bytes:
+    """The bytes of the first URL that answers with content that ``refusal`` finds nothing wrong with
+    (it returns None, or what is wrong); nothing is written anywhere."""
     errors = []
     for url in urls:
         try:
@@ -56,18 +57,25 @@ def fetch_verified(urls: list[str], digest: str, name: str, gunzipped: bool = Fa
         except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, timeouts, resets, short reads
             errors.append(f"{url}: {type(e).__name__}: {e}".replace("\n", " "))
             continue
-        if len(data) > MAX_DOWNLOAD_BYTES:
-            errors.append(f"{url}: larger than {MAX_DOWNLOAD_BYTES} bytes")
+        wrong = f"larger than {MAX_DOWNLOAD_BYTES} bytes" if len(data) > MAX_DOWNLOAD_BYTES else refusal(data)
+        if wrong:
+            errors.append(f"{url}: {wrong}")
             continue
+        return data
+    raise DataError(f"could not download {name} ({'; '.join(errors) or 'no URL to try'})")
+
+
+def fetch_verified(urls: list[str], digest: str, name: str, gunzipped: bool = False, timeout: float = 30.0) -> bytes:
+    """The bytes of the first URL that answers with content whose SHA-256 (of the gunzipped
+    content when ``gunzipped``) is ``digest``; nothing is written anywhere."""
+    def mismatch(data: bytes) -> str | None:
         try:
             content = gzip.decompress(data) if gunzipped else data
         except (OSError, EOFError, zlib.error):
             content = b""
-        if sha256(content) != digest:
-            errors.append(f"{url}: SHA-256 mismatch (the file differs from the published one)")
-            continue
-        return data
-    raise DataError(f"could not download {name} ({'; '.join(errors) or 'no URL to try'})")
+        return None if sha256(content) == digest else "SHA-256 mismatch (the file differs from the published one)"
+
+    return fetch_first(urls, mismatch, name, timeout)
 
 
 def download(urls: list[str], target: Path, digest: str, gunzipped: bool = False, timeout: float = 30.0) -> Path:

@@ -100,8 +100,8 @@ class ContinuousBernoulliLikelihood(_LogitLikelihood):
 
 
 class _LocationScaleLikelihood(Likelihood):
-    """Mean from the decoder; scale ``fixed``, ``shared`` (one learned scalar), ``per_pixel``
-    (a learned map of x's shape) or ``predicted`` (a second decoder head, h = [mean, log scale])."""
+    """Mean from the decoder (through ``location``); scale ``fixed``, ``shared`` (one learned scalar),
+    ``per_pixel`` (a learned map of x's shape) or ``predicted`` (a second decoder head, h = [mean, log scale])."""
 
     family: type[Distribution]
     options = ("likelihood_scale", "likelihood_scale_init")
@@ -128,7 +128,11 @@ class _LocationScaleLikelihood(Likelihood):
             mean, log_scale = h.chunk(2, dim=-len(self.x_shape))
         else:
             mean, log_scale = h, self.log_scale
-        return self._event(self.family(mean, log_scale.exp(), validate_args=False))
+        return self._event(self.family(self.location(mean), log_scale.exp(), validate_args=False))
+
+    def location(self, h: torch.Tensor) -> torch.Tensor:
+        """The mean from the decoder's mean head: the head itself."""
+        return h
 
 
 @LIKELIHOODS.register("gaussian")
@@ -136,6 +140,16 @@ class GaussianLikelihood(_LocationScaleLikelihood):
     """N(x; f(z), σ²) per pixel."""
 
     family = Normal
+
+
+@LIKELIHOODS.register("sigmoid_gaussian")
+class SigmoidGaussianLikelihood(GaussianLikelihood):
+    """N(x; sigmoid(f(z)), σ²) per pixel: a Gaussian whose mean is constrained to (0, 1), the Frey Face
+    decoder of Kingma & Welling 2013 (section 5: the Gaussian encoder's form, the means through a sigmoid;
+    with ``--likelihood-scale predicted`` the log variance is a second head, as the encoder's is)."""
+
+    def location(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(h)
 
 
 @LIKELIHOODS.register("laplace")
