@@ -15,7 +15,8 @@ from .formats import load_array_pickle, parse_idx, read_binary_amat, read_bytes,
 from .sources import download, download_all
 
 DATASETS: Registry["DatasetSpec"] = Registry("dataset")
-# train_x, train_y, test_x, test_y: x uint8 grey levels (or bool for binary pixels); y None for a set without labels
+# train_x, train_y, test_x, test_y: x uint8 grey levels (or bool for binary pixels, or float counts); y None for a
+# set without labels; test_x and test_y None for a set without a test split
 Arrays = tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]
 
 
@@ -25,6 +26,11 @@ class DatasetSpec:
     name: str
     how_to_get: str
     binary = False  # pixels already 0/1, sampled once by the publisher: --binarize has nothing to do
+    has_test_split = True  # False: read gives no test set, and --test-fraction is held out
+
+    def vocabulary(self, root: Path) -> list[str] | None:
+        """The words that the features count, for a bag-of-words dataset (None for others)."""
+        return None
 
     def local_sources(self, root: Path) -> list[tuple[str, Path]]:
         """(description, path) of every place on this machine that could hold the data."""
