@@ -47,7 +47,8 @@ def npmi(topics: list[list[int]], counts) -> list[float]:
     """The NPMI coherence of each topic (Bouma 2009; Lau et al. 2014, the measure of Srivastava & Sutton 2017):
     the mean over pairs of its words of log(P(w_i, w_j) / (P(w_i) P(w_j))) / -log P(w_i, w_j), with P the share
     of the documents of ``counts`` (documents × vocabulary, dense or scipy.sparse) that hold the words; a pair
-    that never co-occurs scores -1 (up to gensim's ε = 1e-12). Computed by gensim's topic-coherence pipeline:
+    that never co-occurs scores about -1 (gensim adds ε = 1e-12 to P(w_i, w_j): log(ε/(P(w_i) P(w_j))) / -log ε).
+    Computed by gensim's topic-coherence pipeline:
     one-one segmentation, boolean-document probabilities, the normalised log-ratio, the mean."""
     try:
         from gensim.matutils import Sparse2Corpus
