@@ -194,7 +194,7 @@ def test_options_of_other_sources_are_refused(tmp_path):
         load_dataset(DataConfig(dataset="mnist", image_size=[28]))
     with pytest.raises(ConfigError, match="layer applies to h5ad:PATH data only"):
         load_dataset(cfg(tmp_path, tmp_path, layer="counts"))
-    with pytest.raises(ConfigError, match="test_fraction applies to data without a test split \\(folder:, h5ad:, frey-face\\)"):
+    with pytest.raises(ConfigError, match="test_fraction applies to data without a test split \\(folder:, h5ad:, ldac:, frey-face, reuters\\)"):
         load_dataset(DataConfig(dataset="mnist", test_fraction=0.2))
 
 

@@ -314,6 +314,31 @@ def cmd_embed(args) -> None:
     print(f"wrote {out} with the posterior means as obsm['X_aevb']")
 
 
+def cmd_topics(args) -> None:
+    from .api import load
+    from .data import load_dataset, vocabulary
+    from .rundir import read_config, write_text
+    from .topics import evaluate_topics, format_topics
+
+    run = Path(args.run)
+    device = device_of(args)
+    model = load(run, device)
+    cfg, _ = read_config(run)
+    data = load_dataset(cfg.data)
+    corpus = torch_cat_cpu(data.train_x, data.test_x)
+    result = evaluate_topics(model, data.test_x.to(device), corpus, vocabulary(cfg.data), args.top, args.samples)
+    write_text(run / "topics.json", json.dumps(result, indent=2) + "\n")
+    print(format_topics(result))
+    print(f"written to {run / 'topics.json'}")
+
+
+def torch_cat_cpu(*parts):
+    """The rows of several tensors as one numpy array (the reference corpus of the NPMI)."""
+    import numpy as np
+
+    return np.concatenate([p.cpu().numpy() for p in parts])
+
+
 def cmd_datasets(args) -> None:
     from .data import available
 
@@ -326,6 +351,8 @@ def cmd_datasets(args) -> None:
     print(f"{'folder:PATH':<{width}}your own PNG/JPEG images, one sub-folder per class (optional), "
           "optionally in train/ and test/")
     print(f"{'h5ad:PATH':<{width}}your own AnnData file (--layer, --label-key; pip install aevb[anndata])")
+    print(f"{'ldac:PATH':<{width}}your own bags of words in LDA-C ('M id:count ...' a line), the vocabulary in "
+          "PATH.tokens, PATH.vocab or vocab.txt")
 
 
 def positive_int(text: str) -> int:
@@ -526,6 +553,17 @@ def build_parser() -> Parser:
     p.add_argument("--layer", help="the layer to embed (default: the run's --layer, else X)")
     add_device_flag(p)
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("topics", help="a topic model's topics, their NPMI coherence and the held-out perplexity",
+                       description="For a model with topic proportions on the simplex (--posterior logistic_normal or "
+                       "dirichlet) trained on bags of words (configs/prodlda.toml): each topic's top words with their "
+                       "NPMI coherence on the documents' co-occurrences (train and test), and the perplexity of the "
+                       "test documents from the ELBO. Writes RUN/topics.json.")
+    p.add_argument("run")
+    p.add_argument("--top", type=positive_int, default=10, help="words per topic (default 10)")
+    p.add_argument("--samples", type=positive_int, default=20, help="samples per document for the ELBO (default 20)")
+    add_device_flag(p)
+    p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("datasets", help="which datasets are available here, and from where")
     p.add_argument("--data-dir")

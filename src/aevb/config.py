@@ -27,7 +27,7 @@ class DataConfig:
     test_size: typing.Optional[int] = None
     split: str = "standard"  # the dataset's own train/test split, or "80/20" of both pooled
     labelled: typing.Optional[int] = None  # semi-supervised models: labelled training examples, equal per class; None: all
-    test_fraction: float = 0.1  # data without a test split (folder:, h5ad:, frey-face): the fraction held out (seeded)
+    test_fraction: float = 0.1  # data without a test split (folder:, h5ad:, ldac:, frey-face, reuters): the fraction held out (seeded)
     image_size: typing.Optional[list[int]] = None  # folder: images resized to H W (one value: square); None: as stored
     channels: typing.Optional[int] = None  # folder: 1 (grey) or 3 (RGB); None: 1 if every image is grey, else 3
     layer: typing.Optional[str] = None  # h5ad: the layer to train on (e.g. counts); None: X
@@ -47,6 +47,7 @@ class ModelConfig:
     posterior_df: float = 5.0
     prior: str = "standard_normal"
     prior_components: int = 10
+    prior_concentration: typing.Optional[float] = None  # dirichlet, laplace_dirichlet: α of Dir(α 1_K); None: 1/K
     likelihood: str = "bernoulli"
     likelihood_scale: str = "shared"
     likelihood_scale_init: float = 1.0
@@ -126,7 +127,7 @@ class Config:
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 POSITIVE_ITEMS = {"hidden", "conv_channels", "hidden2", "image_size"}  # layer sizes: every item of the list
 POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs", "batch_size", "samples",
-            "cycles", "eval_batch_size", "posterior_df", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
+            "cycles", "eval_batch_size", "posterior_df", "prior_concentration", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
             "nan_retries", "labelled", "labelled_batch_size", "labelled_weight", "labelled_every",
             "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step", "likelihood_trials", "log_images_every",
             "early_stopping", "grad_clip", "free_bits"}
@@ -142,9 +143,10 @@ THETA = ("ml", "map", "vb")
 CHOICES = {"binarize": BINARIZE, "on_nan": ON_NAN, "split": SPLITS, "precision": PRECISION, "theta": THETA}  # fixed choices (registered names are checked by their registry)
 HELP = {  # the flags' help lines, where the name alone could mislead
     "dataset": "a registered dataset ('aevb datasets' lists them), npz:PATH, folder:PATH (PNG/JPEG files, one "
-               "sub-folder per class) or h5ad:PATH (AnnData; pip install aevb[anndata]) (default mnist)",
-    "test_fraction": "data without a test split (folder: and h5ad: data without a test/ folder, frey-face): the "
-                     "fraction held out as the test set, the same examples in every run (default 0.1)",
+               "sub-folder per class), h5ad:PATH (AnnData; pip install aevb[anndata]) or ldac:PATH (bags of words "
+               "in LDA-C, the vocabulary beside it) (default mnist)",
+    "test_fraction": "data without a test split (folder: without a test/ folder, h5ad:, ldac:, frey-face, reuters): "
+                     "the fraction held out as the test set, the same examples in every run (default 0.1)",
     "image_size": "folder: resize every image to H W (one value: square); needed where the images differ in size",
     "channels": "folder: 1 (grey) or 3 (RGB); default 1 where every image is grey, else 3",
     "layer": "h5ad: the layer to train on (e.g. counts; default X)",
@@ -153,6 +155,9 @@ HELP = {  # the flags' help lines, where the name alone could mislead
                 "batch, the test set once, as in Burda et al. 2015); static (both once, by aevb's fixed seed: on mnist "
                 "a fixed binarisation of our MNIST, NOT the Larochelle & Murray set of the papers' 'static' numbers; "
                 "for that set use --dataset binarized-mnist)",
+    "prior_concentration": "--prior dirichlet and laplace_dirichlet: the concentration α of each of the K = "
+                           "--latent-dim components of Dir(α, ..., α) (default 1/K, LDA's default in scikit-learn "
+                           "and gensim; ProdLDA uses 1)",
     "hidden2": "--model hierarchical: the hidden layers between z1 and z2 (default 50 50)",
     "latent_dim2": "--model hierarchical: the size of z2 (default 50; --latent-dim is z1's)",
     "algorithm": "how to train: sgvb (AEVB, Kingma & Welling 2013), semi-supervised (m2, pcvae) or wake-sleep "

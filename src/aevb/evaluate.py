@@ -13,8 +13,8 @@ import time
 from typing import Callable
 
 import torch
-from torch.distributions import (Distribution, Independent, MixtureSameFamily, MultivariateNormal, Normal,
-                                 kl_divergence)
+from torch.distributions import (Beta, Dirichlet, Distribution, Independent, MixtureSameFamily, MultivariateNormal,
+                                 Normal, constraints, kl_divergence)
 
 from .compiling import compiled, compiler_missing, failure
 from .inference.importance import MIN_DIAGNOSED_K, ImportanceEstimate, diagnose_weights, estimate, summary
@@ -25,6 +25,8 @@ from .objectives import Estimator
 from .precision import evaluated_in
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2: a unit is active if Cov_x(E_q[z_d]) > 10^-2
+ON_SIMPLEX = ("not counted for proportions on the simplex: Burda et al.'s threshold 0.01 is on the scale of a "
+              "N(0, 1) prior, and a proportion's variance is at most 1/4")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,11 +139,15 @@ def elbo_terms(model, x: torch.Tensor, estimator: Estimator, batch_size: int = 1
 def marginals(d: Distribution) -> Distribution | None:
     """The one-dimensional marginals of a distribution over R^D as one distribution with batch
     shape (..., D) and event shape (): the base of ``Independent(·, 1)``, N(μ_d, Σ_dd) of a
-    multivariate normal; None where this has no closed form (mixtures: see marginal_log_prob)."""
+    multivariate normal, Beta(α_d, α_0 - α_d) of a Dirichlet; None where this has no closed form (mixtures:
+    see marginal_log_prob; the logistic normal)."""
     if isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1:
         return d.base_dist
     if isinstance(d, MultivariateNormal):
         return Normal(d.loc, d.variance.sqrt(), validate_args=False)
+    if isinstance(d, Dirichlet):
+        alpha = d.concentration
+        return Beta(alpha, alpha.sum(-1, keepdim=True) - alpha, validate_args=False)
     return None
 
 
@@ -220,6 +226,12 @@ def activity(model, x: torch.Tensor) -> torch.Tensor:
     return activity_of(posterior_means(model, x))
 
 
+def on_simplex(model) -> bool:
+    """Whether the model's latent z is a vector of proportions on the simplex (whose active units are not
+    counted: ON_SIMPLEX)."""
+    return model.prior().support is constraints.simplex
+
+
 def active_units(model, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
     """How many latent dimensions are active: A_d > threshold (0.01, Burda et al. 2015)."""
     return int((activity(model, x) > threshold).sum())
@@ -240,17 +252,19 @@ def collapse_warning(active: int, latent_dim: int) -> str | None:
 
 
 def diagnostics(model, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> dict:
-    """KL per dimension, the activity of each dimension, the active-unit count and the collapse warning."""
+    """KL per dimension, the activity of each dimension, the active-unit count and the collapse warning (the
+    count and the warning None for proportions on the simplex: ``on_simplex``)."""
     a = activity(model, x)
-    active = int((a > threshold).sum())
     kl = kl_per_dimension(model, x)
-    per_layer = [int((layer > threshold).sum()) for layer in a.split(list(model.latent_layers))]
+    counted = not on_simplex(model)
+    active = int((a > threshold).sum()) if counted else None
+    per_layer = [int((layer > threshold).sum()) for layer in a.split(list(model.latent_layers))] if counted else None
     return {"latent_dim": len(a), "active_units": active, "active_units_per_layer": per_layer, "threshold": threshold,
             "activity": a.tolist(),
             "kl_per_dim": None if kl is None else kl["kl"],
             "kl_per_dim_standard_error": None if kl is None else kl["standard_error"],
             "kl_method": None if kl is None else kl["method"],
-            "warning": collapse_warning(active, len(a))}
+            "warning": collapse_warning(active, len(a)) if counted else None}
 
 
 @torch.no_grad()
@@ -339,8 +353,11 @@ def format_evaluation(r: dict) -> str:
     if d:
         layers = d.get("active_units_per_layer") or []
         by_layer = f" (per layer {'+'.join(map(str, layers))})" if len(layers) > 1 else ""
-        lines.append(f"{'active units (Cov_x E[z_d] > ' + str(d['threshold']) + ')':<34}{d['active_units']:>12d}  "
-                     f"of {d['latent_dim']}{by_layer}")
+        if d["active_units"] is None:
+            lines.append(f"active units {ON_SIMPLEX}")
+        else:
+            lines.append(f"{'active units (Cov_x E[z_d] > ' + str(d['threshold']) + ')':<34}{d['active_units']:>12d}  "
+                         f"of {d['latent_dim']}{by_layer}")
         lines += format_dimensions(d)
         if d["warning"]:
             lines.append(f"warning: {d['warning']}")
@@ -367,6 +384,6 @@ def format_dimensions(d: dict, limit: int = 32) -> list[str]:
     lines = [title, f"  {'dim':>5}{'KL (nats)':>12}{'Cov_x E[z_d]':>15}  active"]
     for i in shown:
         a = d["activity"][i]
-        lines.append(f"  {'z' + str(i + 1):>5}{(kl[i] if kl is not None else float('nan')):>12.3f}{a:>15.4g}  "
-                     f"{'yes' if a > d['threshold'] else 'no'}")
+        verdict = "-" if d["active_units"] is None else "yes" if a > d["threshold"] else "no"
+        lines.append(f"  {'z' + str(i + 1):>5}{(kl[i] if kl is not None else float('nan')):>12.3f}{a:>15.4g}  {verdict}")
     return lines

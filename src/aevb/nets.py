@@ -106,6 +106,21 @@ def conv_nets(x_shape, n_out, latent_dim, out_shape, *, hidden, activation, conv
     return encoder, Decoder(nn.Sequential(*deconvs), out_shape)
 
 
+@NETS.register("prodlda")
+def prodlda_nets(x_shape, n_out, latent_dim, out_shape, *, hidden, activation, cond_dim=0, **_):
+    """ProdLDA's networks (Srivastava & Sutton 2017): the MLP encoder with batch normalisation of its output
+    (the posterior's parameters), and a linear decoder θ → BN(Bθ), no hidden layer: with a softmax likelihood
+    (multinomial) the word distribution softmax(BN(Bθ)) is a product of experts, one per topic, each row of B a
+    topic's log-weights over the vocabulary. Batch norm (learned scale and shift; the paper's code learns the
+    shift alone) keeps the topics from collapsing early in training; the paper's dropout is left out."""
+    features = math.prod(x_shape)
+    encoder = Encoder(nn.Flatten(), nn.Sequential(*mlp([features, *hidden, n_out], activation), nn.BatchNorm1d(n_out)),
+                      cond_dim)
+    decoder = Decoder(nn.Sequential(nn.Linear(latent_dim, math.prod(out_shape), bias=False),
+                                    nn.BatchNorm1d(math.prod(out_shape))), out_shape)
+    return encoder, decoder
+
+
 def init_normal_(module: nn.Module, std: float) -> None:
     """Draw every weight and bias from N(0, std²), the initialisation of Kingma & Welling 2013."""
     for p in module.parameters():

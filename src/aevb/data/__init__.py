@@ -1,6 +1,7 @@
 """Datasets as tensors: registered by name, or a user's data (``npz:PATH``, ``folder:PATH``,
-``h5ad:PATH``), split 60k/10k-style into train and test (data without a test split, a user's or a
-registered set's such as frey-face: a seeded ``test_fraction`` held out), scaled to [0, 1] (images), optionally binarised, and checked for shape
+``h5ad:PATH``, ``ldac:PATH``), split 60k/10k-style into train and test (data without a test split, a user's or a
+registered set's such as frey-face: a seeded
+``test_fraction`` held out), scaled to [0, 1] (images), optionally binarised, and checked for shape
 and finiteness; a validation set is held out of the training set on request (``hold_out``)."""
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from ..config import BINARIZE, DataConfig
 from ..errors import ConfigError, DataError
 from ..registry import did_you_mean
+from .bow import read_ldac_data, read_vocabulary, vocabulary_file
 from .datasets import DATASETS, Arrays
 from .folders import read_folder
 from .formats import load_npz
@@ -59,12 +61,14 @@ USER_DATA = {
     "npz": lambda path, cfg: (read_user_npz(path), None),
     "folder": lambda path, cfg: read_folder(path, data_dir(cfg.data_dir), cfg.image_size, cfg.channels),
     "h5ad": lambda path, cfg: read_h5ad(path, cfg.layer, cfg.label_key),
+    "ldac": lambda path, cfg: (read_ldac_data(path), None),
 }
 ONLY_FOR = {"image_size": "folder", "channels": "folder", "layer": "h5ad", "label_key": "h5ad"}
 
 
 def user_data(dataset: str) -> tuple[str, Path] | None:
-    """(prefix, path) of a user's data (``npz:PATH``, ``folder:PATH``, ``h5ad:PATH``), None for a registered name."""
+    """(prefix, path) of a user's data (``npz:PATH``, ``folder:PATH``, ``h5ad:PATH``, ``ldac:PATH``), None for a
+    registered name."""
     prefix, _, path = dataset.partition(":")
     return (prefix, Path(path).expanduser()) if prefix in USER_DATA and path else None
 
@@ -80,7 +84,7 @@ def check_dataset(cfg) -> None:
     has_test_split = DATASETS[cfg.dataset].has_test_split if user is None else user[0] == "npz"
     if cfg.test_fraction != DataConfig.test_fraction and has_test_split:
         without = [name for name in DATASETS if not DATASETS[name].has_test_split]
-        raise ConfigError(f"test_fraction applies to data without a test split (folder:, h5ad:, {', '.join(without)}); "
+        raise ConfigError(f"test_fraction applies to data without a test split (folder:, h5ad:, ldac:, {', '.join(without)}); "
                           f"{cfg.dataset} has its own test split: drop it")
 
 
@@ -94,9 +98,7 @@ def load_dataset(cfg) -> Dataset:
     if user is not None:
         (tx, ty, sx, sy), classes = USER_DATA[user[0]](user[1], cfg)
         source = str(user[1])
-        if sx is None:
-            tx, ty, sx, sy = hold_out_test(tx, ty, cfg.test_fraction, source)
-        elif cfg.test_fraction != DataConfig.test_fraction:
+        if sx is not None and cfg.test_fraction != DataConfig.test_fraction:
             raise ConfigError(f"test_fraction has nothing to do: {source} has its own test split; drop it")
     else:
         spec = DATASETS[cfg.dataset]
@@ -105,8 +107,8 @@ def load_dataset(cfg) -> Dataset:
                               "0/1 (one fixed draw by its publisher); drop it, or use --dataset mnist --binarize "
                               "dynamic for MNIST binarised afresh in every batch")
         (tx, ty, sx, sy), source = spec.load(data_dir(cfg.data_dir), cfg.download)
-        if sx is None:
-            tx, ty, sx, sy = hold_out_test(tx, ty, cfg.test_fraction, source)
+    if sx is None:
+        tx, ty, sx, sy = hold_out_test(tx, ty, cfg.test_fraction, source)
     if cfg.split == "standard":  # cut before converting: a report on 200 test images converts no training set
         tx, ty, sx, sy = cut(tx, cfg.train_size), cut(ty, cfg.train_size), cut(sx, cfg.test_size), cut(sy, cfg.test_size)
     ds = Dataset(cfg.dataset, source, as_float(tx, "train"), as_labels(ty), as_float(sx, "test"), as_labels(sy),
@@ -114,6 +116,14 @@ def load_dataset(cfg) -> Dataset:
     if cfg.split == "80/20":
         ds = subset(resplit(ds), cfg.train_size, cfg.test_size)
     return binarize(ds, cfg.binarize)
+
+
+def vocabulary(cfg) -> list[str] | None:
+    """The words that the features of a bag-of-words dataset count (``ldac:PATH``, ``reuters``), None for other data."""
+    user = user_data(cfg.dataset)
+    if user is not None:
+        return read_vocabulary(vocabulary_file(user[1])) if user[0] == "ldac" else None
+    return DATASETS[cfg.dataset].vocabulary(data_dir(cfg.data_dir))
 
 
 def read_user_npz(path: Path) -> Arrays:
@@ -258,4 +268,4 @@ def available(data_dir_: str | None = None) -> list[tuple[str, str | None]]:
 
 
 __all__ = ["BINARIZE", "DATASETS", "Dataset", "available", "balanced_labels", "check_dataset", "hold_out",
-           "load_dataset"]
+           "load_dataset", "vocabulary"]

@@ -15,8 +15,9 @@ from .formats import load_array_pickle, parse_idx, read_binary_amat, read_bytes,
 from .sources import atomic_write_bytes, download, download_all, fetch_first
 
 DATASETS: Registry["DatasetSpec"] = Registry("dataset")
-# train_x, train_y, test_x, test_y: x uint8 grey levels (or bool for binary pixels); y None for a set without
-# labels; test_x None for a set without a test split (load_dataset holds a seeded test_fraction out)
+# train_x, train_y, test_x, test_y: x uint8 grey levels (or bool for binary pixels, or float counts); y None for a
+# set without labels; test_x and test_y None for a set without a test split (load_dataset holds a seeded
+# test_fraction out)
 Arrays = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]
 
 
@@ -27,6 +28,10 @@ class DatasetSpec:
     how_to_get: str
     binary = False  # pixels already 0/1, sampled once by the publisher: --binarize has nothing to do
     has_test_split = True  # False: ``read`` gives every example as training data, and load_dataset holds some out
+
+    def vocabulary(self, root: Path) -> list[str] | None:
+        """The words that the features count, for a bag-of-words dataset (None for others)."""
+        return None
 
     def local_sources(self, root: Path) -> list[tuple[str, Path]]:
         """(description, path) of every place on this machine that could hold the data."""

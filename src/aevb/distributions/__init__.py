@@ -4,10 +4,11 @@ from .families import Erlang, Gompertz, InverseCDF, Logistic, MultivariateStuden
 from .likelihoods import LIKELIHOODS, SCALE_MODES, Likelihood
 from .counts import CountLikelihood, LogRatePoisson, ZeroInflatedNegativeBinomial  # registers the count likelihoods
 from .posteriors import POSTERIORS, PosteriorFamily
-from .priors import PRIORS
+from .priors import PRIORS, latent_families
+from .simplex import AdditiveLogistic, LogisticNormal
 
 __all__ = [
-    "LIKELIHOODS", "POSTERIORS", "PRIORS", "SCALE_MODES", "CountLikelihood", "Erlang", "Gompertz", "InverseCDF",
-    "Likelihood", "LogRatePoisson", "Logistic", "MultivariateStudentT", "PosteriorFamily", "Rayleigh", "Reciprocal",
-    "Triangular", "ZeroInflatedNegativeBinomial",
+    "LIKELIHOODS", "POSTERIORS", "PRIORS", "SCALE_MODES", "AdditiveLogistic", "CountLikelihood", "Erlang", "Gompertz",
+    "InverseCDF", "Likelihood", "LogRatePoisson", "Logistic", "LogisticNormal", "MultivariateStudentT",
+    "PosteriorFamily", "Rayleigh", "Reciprocal", "Triangular", "ZeroInflatedNegativeBinomial", "latent_families",
 ]

@@ -15,7 +15,8 @@ decoder's first head h, as ``--library-size`` says:
             is log(0) once h < -103 in float32.
 
 Every family is built from log μ (a negative binomial's logits are log μ - log θ), so that no log(0) arises
-however small μ becomes. binomial takes logits h and a known number of trials.
+however small μ becomes. binomial takes logits h and a known number of trials; multinomial (bags of words)
+the word probabilities softmax(h), each datapoint scored at its own number of words.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Bernoulli, Binomial, Distribution, Independent, NegativeBinomial, Poisson, constraints
+from torch.distributions import (Bernoulli, Binomial, Distribution, Independent, Multinomial, NegativeBinomial, Poisson,
+                                 constraints)
 from torch.distributions.utils import _sum_rightmost, broadcast_all
 
 from ..errors import ConfigError, DataError
@@ -114,6 +116,23 @@ class ObservedLibrary(Independent):
         library = value.sum(tuple(range(-n, 0)), keepdim=True)
         self.observe(library)
         return _sum_rightmost(self.family(library.log()).log_prob(value), n)
+
+
+class DocumentMultinomial(Multinomial):
+    """Mult(x; N, softmax(logits)) over count vectors (the last axis): torch's Multinomial, whose ``log_prob``
+    scores each x at its own N = Σ_i x_i (log N! - Σ_i log x_i! + Σ_i x_i log p_i), which it tells ``observe``;
+    mean and variance are at ``length`` (a tensor broadcasting against the batch), samples at one whole length."""
+
+    def __init__(self, logits: torch.Tensor, length: torch.Tensor, observe: Callable[[torch.Tensor], None]):
+        super().__init__(logits=logits, validate_args=False)
+        self.total_count, self.observe = length, observe
+
+    def log_prob(self, value):
+        self.observe(value.sum(-1, keepdim=True))
+        return super().log_prob(value)
+
+    def sample(self, sample_shape=torch.Size()):
+        return Multinomial(int(self.total_count.round()), logits=self.logits, validate_args=False).sample(sample_shape)
 
 
 class CountLikelihood(Likelihood):
@@ -251,3 +270,28 @@ class BinomialLikelihood(CountLikelihood):
 
     def forward(self, h):
         return self._event(Binomial(self.trials, logits=h, validate_args=False))
+
+
+@LIKELIHOODS.register("multinomial")
+class MultinomialLikelihood(_MeanCountLikelihood):
+    """Mult(x; N = Σ_i x_i, softmax(h)): a bag of words whose N words are drawn from the decoder's distribution over
+    the vocabulary (ProdLDA's likelihood, Srivastava & Sutton 2017), log p(x|z) = log N! - Σ_i log x_i! +
+    Σ_i x_i log softmax(h)_i. The mean and samples are at the training data's mean document length, kept as the
+    other count likelihoods keep their mean library size. Datapoints are vectors (documents × vocabulary)."""
+
+    options = ()
+
+    def __init__(self, x_shape):
+        if len(x_shape) != 1:
+            raise ConfigError(f"--likelihood multinomial needs datapoints that are vectors of counts (a bag of words: "
+                              f"documents × vocabulary), got datapoints of shape {tuple(x_shape)}; choose poisson")
+        super().__init__(x_shape, "observed")
+
+    def forward(self, h: torch.Tensor, library: torch.Tensor | float | None = None) -> Distribution:
+        """p(x|z) from the decoder's output h (..., V); ``library`` the length of the mean and samples, by default
+        the training mean (log_prob always scores x at its own length)."""
+        length = self.mean_library if library is None else torch.as_tensor(library, dtype=h.dtype, device=h.device)
+        return DocumentMultinomial(h, length.reshape(*length.shape, 1), self._observe)
+
+    def check_support(self, x: torch.Tensor, name: str) -> None:
+        CountLikelihood.check_support(self, x, name)  # an empty document is scored, p = 1: nothing to refuse

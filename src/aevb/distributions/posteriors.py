@@ -1,18 +1,25 @@
 """Posterior families q(z|x): each maps an encoder output h of width ``n_params`` to a
-distribution with event shape (latent_dim,) that supports ``rsample``."""
+distribution with event shape (latent_dim,) that supports ``rsample``, over its ``support`` (R^D, or the
+simplex for topic proportions), which the prior must share."""
 from __future__ import annotations
 
 import torch
-from torch.distributions import Distribution, Independent, Laplace, MultivariateNormal, Normal, StudentT
+import torch.nn.functional as F
+from torch.distributions import (Dirichlet, Distribution, Independent, Laplace, MultivariateNormal, Normal, StudentT,
+                                 constraints)
 
+from ..errors import ConfigError
 from ..registry import Registry
 from .families import Logistic
+from .simplex import LogisticNormal
 
 POSTERIORS: Registry[type["PosteriorFamily"]] = Registry("posterior family")
 
 
 class PosteriorFamily:
     """A location-scale family, diagonal unless a subclass says otherwise: h = [loc, log scale]."""
+
+    support = constraints.real_vector
 
     def __init__(self, latent_dim: int):
         self.latent_dim = latent_dim
@@ -90,3 +97,39 @@ class DiagonalLogistic(PosteriorFamily):
 
     def base(self, loc, log_scale):
         return Logistic(loc, log_scale.exp(), validate_args=False)
+
+
+class SimplexPosterior(PosteriorFamily):
+    """A family over the simplex Δ^{K-1}, K = latent_dim ≥ 2 (aevb.distributions.simplex)."""
+
+    support = constraints.simplex
+
+    def __init__(self, latent_dim: int):
+        if latent_dim < 2:
+            raise ConfigError(f"--posterior {self.registered_name} is over the simplex of K = --latent-dim proportions "
+                              f"and needs K ≥ 2, got {latent_dim}")
+        super().__init__(latent_dim)
+
+
+@POSTERIORS.register("dirichlet")
+class DirichletPosterior(SimplexPosterior):
+    """Dir(α) with α = softplus(h) (at least the smallest normal float), h of width K. rsample is torch's
+    implicit reparameterisation gradient of its gamma draws (Figurnov et al. 2018); KL from a Dirichlet prior
+    in closed form (torch's)."""
+
+    @property
+    def n_params(self):
+        return self.latent_dim
+
+    def __call__(self, h):
+        return Dirichlet(F.softplus(h).clamp(min=torch.finfo(h.dtype).tiny), validate_args=False)
+
+
+@POSTERIORS.register("logistic_normal")
+class LogisticNormalPosterior(SimplexPosterior):
+    """θ = softmax(η), η ~ N(μ, diag σ²) in K dimensions (ProdLDA, Srivastava & Sutton 2017), h = [μ, log σ²]
+    as for ``normal``; the law of θ on the simplex (simplex.LogisticNormal)."""
+
+    def __call__(self, h):
+        mu, log_var = h.chunk(2, dim=-1)
+        return LogisticNormal(mu, (0.5 * log_var).exp(), validate_args=False)

@@ -76,8 +76,10 @@ class LatentModel(nn.Module, ABC):
         if self._analytic_kl is None:
             p = next(self.parameters())
             x = torch.zeros(1, *self.x_shape, device=p.device, dtype=p.dtype)
-            with torch.no_grad():
-                self._analytic_kl = has_analytic_kl(self.encode(x), self.prior())
+            training = self.training
+            with torch.no_grad():  # in eval mode: one zero datapoint must not touch batch-norm statistics
+                self._analytic_kl = has_analytic_kl(self.eval().encode(x), self.prior())
+            self.train(training)
         return self._analytic_kl
 
     def networks(self) -> list[nn.Module]:

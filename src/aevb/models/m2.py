@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution
 
 from .. import nets
-from ..distributions import LIKELIHOODS, POSTERIORS, PRIORS
+from ..distributions import LIKELIHOODS, latent_families
 from ..errors import DataError
 from ..objectives import ELBOTerms, Estimator, log_weights
 from . import MODELS
@@ -162,8 +162,7 @@ def build_m2(cfg, x_shape, n_classes=None) -> M2:
         raise DataError("--model m2 needs labelled data with at least two classes; this dataset has "
                         f"{'no labels' if not n_classes else 'one class'}")
     likelihood = LIKELIHOODS[cfg.likelihood].from_config(cfg, x_shape)
-    posterior = POSTERIORS[cfg.posterior].from_config(cfg)
-    prior = PRIORS[cfg.prior].from_config(cfg)
+    posterior, prior = latent_families(cfg)
     out_shape = (likelihood.n_heads * x_shape[0], *x_shape[1:])
     kw = dict(hidden=cfg.hidden, activation=cfg.activation, conv_channels=cfg.conv_channels)
     encoder, decoder = nets.NETS[cfg.net](x_shape, posterior.n_params, cfg.latent_dim + n_classes, out_shape,

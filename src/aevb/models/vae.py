@@ -9,7 +9,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from .. import nets
-from ..distributions import LIKELIHOODS, POSTERIORS, PRIORS
+from ..distributions import LIKELIHOODS, latent_families
 from . import MODELS
 from .base import DecodesLatent, LatentModel
 
@@ -47,8 +47,7 @@ class VAE(LatentModel, DecodesLatent):
 def build_vae(cfg, x_shape, n_classes=None) -> VAE:
     """A VAE from a ModelConfig: the net, posterior family, prior and likelihood looked up by name."""
     likelihood = LIKELIHOODS[cfg.likelihood].from_config(cfg, x_shape)
-    posterior = POSTERIORS[cfg.posterior].from_config(cfg)
-    prior = PRIORS[cfg.prior].from_config(cfg)
+    posterior, prior = latent_families(cfg)
     out_shape = (likelihood.n_heads * x_shape[0], *x_shape[1:])
     encoder, decoder = nets.NETS[cfg.net](
         x_shape, posterior.n_params, cfg.latent_dim, out_shape,

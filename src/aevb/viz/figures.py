@@ -32,7 +32,7 @@ from torch.distributions import Independent, MultivariateNormal, Normal  # noqa:
 
 from .. import rundir  # noqa: E402
 from ..errors import DataError  # noqa: E402
-from ..evaluate import ACTIVE_THRESHOLD, activity, kl_per_dimension, posterior_means  # noqa: E402
+from ..evaluate import ACTIVE_THRESHOLD, activity, kl_per_dimension, on_simplex, posterior_means  # noqa: E402
 from ..models import ClassLatent, DecodesLatent  # noqa: E402
 from ..registry import Registry  # noqa: E402
 from .grid import image_grid, save_array, save_grid  # noqa: E402
@@ -429,6 +429,9 @@ def fig_manifold(model_or_run, path=None, *, x=None, n: int = 20, scale: int = 1
     s = subject(model_or_run, x, test_size=test_size or 5000)
     require("manifold", s.model)
     model, d = s.model, s.latent_dim
+    if on_simplex(model):
+        raise DataError("the manifold figure decodes a grid of prior quantiles, which leaves the simplex of topic "
+                        "proportions; the interpolation figure shows paths within it")
     model.eval()
     if d == 1:
         u, centre = prior_quantiles(model, torch.ones(1, 1, dtype=torch.float64), n)
@@ -504,10 +507,12 @@ def fig_interpolation(model_or_run, path=None, *, x=None, y=None, classes=None, 
     ends = x[[i, j]].to(device)
     z0, z1 = posterior_means(model, ends).double().cpu()
     t = torch.linspace(0, 1, steps, dtype=torch.float64)
+    paths = [("linear", (1 - t[:, None]) * z0 + t[:, None] * z1)]
+    if not on_simplex(model):  # a great circle leaves the simplex; a line between proportions stays on it
+        paths.append(("spherical", slerp(z0, z1, t)))
     fig = _figure("interpolation")
-    axes = fig.subplots(2, 1)
-    for ax, (name, path_z) in zip(axes, (("linear", (1 - t[:, None]) * z0 + t[:, None] * z1),
-                                         ("spherical", slerp(z0, z1, t)))):
+    axes = np.atleast_1d(fig.subplots(len(paths), 1))
+    for ax, (name, path_z) in zip(axes, paths):
         with torch.no_grad():
             decoded = model.decode(path_z.float().to(device)).mean
         row = torch.cat([ends[:1], decoded, ends[1:]])
@@ -552,7 +557,7 @@ def fig_histograms(model_or_run, path=None, *, x=None, y=None, max_dims: int = 3
             bottom = top
         ax.set_xlim(edges[0], edges[-1])
         ax.set_ylim(0, max(1, bottom.max()) * 1.05)
-        active = variance[k] > ACTIVE_THRESHOLD
+        active = variance[k] > ACTIVE_THRESHOLD or on_simplex(s.model)  # no verdict for proportions
         ax.set_title(f"z{k + 1}" + ("" if active else " (inactive)"), fontsize="small",
                      color="black" if active else "grey")
         ax.tick_params(labelsize="x-small")
@@ -580,7 +585,7 @@ def fig_kl(model_or_run, path=None, *, x=None, test_size=None) -> Path:
         raise DataError("this model's posterior or prior has no one-dimensional marginals, so there is no KL per dimension")
     a = activity(s.model, x)
     values = np.asarray(kl["kl"])
-    active = (a > ACTIVE_THRESHOLD).numpy()
+    active = (a > ACTIVE_THRESHOLD).numpy() | on_simplex(s.model)  # no verdict for proportions on the simplex
     d = len(values)
     fig = _figure("kl")
     ax = fig.add_subplot()

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .. import rundir
-from ..evaluate import diagnostics
+from ..evaluate import ON_SIMPLEX, diagnostics
 from .figures import FIGURES, Subject, draw_figures, load_test_split
 
 REPORT = "report.html"
@@ -79,8 +79,11 @@ def _evaluation(r: dict | None, run: Path) -> str:
 def _diagnostics(d: dict, n: int) -> str:
     kl = d["kl_per_dim"]
     total = f", total KL {_num(sum(kl))} nats ({_e(d['kl_method'])})" if kl is not None else ""
-    out = (f"<p>{d['active_units']} of {d['latent_dim']} latent dimensions active "
-           f"(Cov<sub>x</sub> E[z<sub>d</sub>|x] &gt; {d['threshold']}, Burda et al. 2015) over {n:,} test images{total}.</p>")
+    if d["active_units"] is None:
+        out = f"<p>{d['latent_dim']} latent dimensions, active units {_e(ON_SIMPLEX)}; over {n:,} test datapoints{total}.</p>"
+    else:
+        out = (f"<p>{d['active_units']} of {d['latent_dim']} latent dimensions active "
+               f"(Cov<sub>x</sub> E[z<sub>d</sub>|x] &gt; {d['threshold']}, Burda et al. 2015) over {n:,} test images{total}.</p>")
     if d["warning"]:
         out += f'<p class="warning"><b>Warning:</b> {_e(d["warning"])}</p>'
     return out
