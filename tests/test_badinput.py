@@ -390,7 +390,7 @@ CASES = [
     Case("likelihood-scale-unknown", train_cli("--likelihood", "gaussian", "--likelihood-scale", "predcted"),
          train_api(likelihood="gaussian", likelihood_scale="predcted"), ConfigError, "unknown likelihood_scale 'predcted'"),
     Case("likelihood-scale-misplaced", train_cli("--likelihood-scale", "predicted"), train_api(likelihood_scale="predicted"),
-         ConfigError, "apply to gaussian and laplace, not bernoulli"),
+         ConfigError, "apply to gaussian, sigmoid_gaussian and laplace, not bernoulli"),
     Case("not-a-command", ["frobnicate"], None, ConfigError, "invalid choice: 'frobnicate'"),
     Case("flag-without-value", ["train", "--latent-dim"], None, ConfigError, "expected one argument"),
     Case("resume-without-out", ["train", "--resume", "--quiet"], lambda ws: aevb.train(Config(), resume=True),

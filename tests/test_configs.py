@@ -12,7 +12,7 @@ from aevb.models import build_model
 from aevb.train import check_names
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
-X_SHAPE = {"mnist": (1, 28, 28), "frey-face": (1, 28, 20)}
+X_SHAPE = {"mnist": (1, 28, 28), "frey-face": (1, 28, 20), "reuters": (4258,)}  # reuters: its vocabulary
 
 
 def load(path: Path) -> Config:

@@ -298,7 +298,7 @@ def test_heads_and_learned_dispersions(name, options, heads, parameters):
      "^--likelihood-dispersion applies to negative_binomial and zero_inflated_negative_binomial, not poisson$"),
     ({"likelihood": "gaussian", "likelihood_trials": 255}, "^--likelihood-trials applies to binomial, not gaussian$"),
     ({"likelihood": "poisson", "likelihood_scale": "fixed"},
-     "^--likelihood-scale and --likelihood-scale-init apply to gaussian and laplace, not poisson$"),
+     "^--likelihood-scale and --likelihood-scale-init apply to gaussian, sigmoid_gaussian and laplace, not poisson$"),
     ({"likelihood": "binomial"}, "--likelihood binomial needs --likelihood-trials N"),
     ({"likelihood": "poisson", "library_size": "observd"},
      "unknown library_size 'observd' \\(did you mean 'observed'\\?\\)"),

@@ -13,7 +13,7 @@ from aevb.cli import main
 from aevb.config import DataConfig
 from aevb.data import DATASETS, load_dataset
 from aevb.data.datasets import FreyFace
-from aevb.errors import ConfigError, DataError
+from aevb.errors import DataError
 
 N, ROWS, COLS = 1965, 28, 20
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "kingma2013-frey-face.toml"
@@ -104,13 +104,6 @@ def test_a_download_is_checked_before_it_is_written(tmp_path):
     assert DATASETS["frey-face"].urls[0] == "https://cs.nyu.edu/~roweis/data/frey_rawface.mat"
 
 
-def test_test_fraction_is_refused_where_a_dataset_has_its_own_test_split():
-    with pytest.raises(ConfigError, match="test_fraction applies to data without a test split \\(folder:, h5ad:, "
-                                          "frey-face\\); mnist has its own test split: drop it"):
-        load_dataset(DataConfig(dataset="mnist", test_fraction=0.2))
-
-
-@pytest.mark.usefixtures("one_thread")
 def test_the_kingma2013_config_trains_on_it(tmp_path):
     write_frey(tmp_path / "data" / "frey-face" / "frey_rawface.mat")
     for algorithm in ("sgvb", "wake-sleep"):
