@@ -7,8 +7,11 @@ comes from torch.autograd.grad. One iteration (``hmc_step``) draws a momentum p 
 the Hamiltonian H(z, p) = -log π(z) + ½ pᵀp for ``leapfrog_steps`` leapfrog steps of size ε (Neal's
 eqs. 5.18-5.20) and accepts the end point with probability min(1, exp(H(z, p) - H(z', p'))). The
 leapfrog map is reversible and preserves volume, so this leaves π invariant for any fixed ε. Each
-iteration jitters ε by a uniform factor in [1 - jitter, 1 + jitter] (Neal's section 5.4.2.2) so that
-no chain runs a fixed trajectory length that is periodic for its target.
+iteration draws its ε uniformly from [(1 - j)ε, (1 + j)ε] (Neal's section 5.4.2.2), j = JITTER = 0.5:
+with 10 leapfrog steps a direction of the posterior whose scale is near εL/2π otherwise returns to
+where it started. Neal suggests a small interval; ±10% is too small for a posterior whose scales
+differ twofold (on one with standard deviations 0.27 and 0.54, the error of aevb.inference.hmc_likelihood's
+log p̂ fell from 0.053 at ±10% to 0.023 at ±30% and 0.019 at ±50%, for the same number of draws).
 
 Step sizes adapt toward a target acceptance rate δ by a Robbins-Monro update of log ε
 (``adapt_step_size``): log ε ← log ε + γ (α - δ), α the chain's acceptance probability. Its fixed
@@ -24,7 +27,7 @@ from typing import Callable, NamedTuple
 import torch
 
 LogProb = Callable[[torch.Tensor], torch.Tensor]
-JITTER = 0.1
+JITTER = 0.5  # see above
 # The step size chains start with: the scale of a standard normal prior, which a posterior rarely
 # exceeds. Too large a step is corrected 9× faster than too small a one (a rejection moves log ε by
 # -γδ, an acceptance by +γ(1 - δ), at δ = 0.9), so start high.
