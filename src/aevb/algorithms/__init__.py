@@ -2,6 +2,6 @@
 optimisation step and the metrics of its steps; ``aevb.train.Trainer`` runs the epochs around them.
 See ``base.Algorithm`` for the contract."""
 from .base import ALGORITHMS, Algorithm, default_algorithm
-from . import sgvb, semi_supervised  # noqa: F401,E402  (register "sgvb", "semi-supervised")
+from . import sgvb, semi_supervised, mcem  # noqa: F401,E402  (register "sgvb", "semi-supervised", "mcem")
 
 __all__ = ["ALGORITHMS", "Algorithm", "default_algorithm"]
