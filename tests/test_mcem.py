@@ -21,9 +21,11 @@ from aevb.cli import main
 from aevb.config import Config
 from aevb.data import Dataset
 from aevb.distributions import LIKELIHOODS, POSTERIORS, PRIORS
+from aevb.errors import DataError
 from aevb.lab.linear_gaussian import LinearGaussian
 from aevb.models import VAE, build_model
 from aevb.train import seed_everything
+from aevb.viz import fig_curves
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,6 +112,8 @@ def test_train_reports_the_chains_and_no_bound(mcem_run):
     for a, b in zip(initial.encoder.parameters(), trained.encoder.parameters()):
         assert torch.equal(a, b)
     assert not torch.equal(next(initial.decoder.parameters()), next(trained.decoder.parameters()))
+    with pytest.raises(DataError, match="no ELBO to draw"):  # the report says why, and draws the rest
+        fig_curves(mcem_run)
 
 
 def test_resume_continues_the_chains_bit_identically(mcem_run, tmp_path):
@@ -135,7 +139,7 @@ def test_evaluate_with_the_hmc_likelihood(mcem_run, capsys):
 
 @pytest.mark.parametrize("flags, says", [
     (["--algorithm", "mcem", "--model", "m2"], "decoder alone gives p(x|z)"),
-    (["--algorithm", "mcem", "--estimator", "iwae"], "--estimator shapes a variational bound"),
+    (["--algorithm", "mcem", "--estimator", "iwae"], "--estimator iwae shapes a variational bound"),
     (["--algorithm", "mcem", "--theta", "vb"], "--theta vb"),
     (["--algorithm", "mcem", "--val-fraction", "0.1", "--early-stopping", "2"], "--early-stopping"),
     (["--m-steps", "3"], "--m-steps applies to --algorithm mcem, not sgvb"),

@@ -44,9 +44,11 @@ class MCEM(Algorithm):
         super().__init__(cfg, model, optimizer, data, device, group)
         t, defaults = cfg.train, TrainConfig()
         for key in BOUND_OPTIONS:
-            if getattr(t, key) != getattr(defaults, key):
-                raise ConfigError(f"--{key.replace('_', '-')} shapes a variational bound, and --algorithm mcem has "
-                                  "none (it ascends log p(x, z) at posterior samples): drop it")
+            value, default = getattr(t, key), getattr(defaults, key)
+            if value != default:
+                flag = f"--{key.replace('_', '-')}"
+                raise ConfigError(f"{flag} {value} shapes a variational bound, and --algorithm mcem has none (it ascends "
+                                  f"log p(x, z) at posterior samples): leave it out or set {flag} {default}")
         if cfg.model.theta == "vb":
             raise ConfigError("--algorithm mcem needs one θ for the whole of an HMC trajectory, and --theta vb draws "
                               "a new one on every pass: use --theta ml or map")
