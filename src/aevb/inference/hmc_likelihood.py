@@ -17,10 +17,10 @@ E[r] = ∫ q(z) p(z|x)/p(x, z) dz = 1/p(x) for any normalised q, and a finite va
 E[r²]/E[r]² = ∫ q²/p(z|x) dz exactly when q's tails are lighter than the posterior's. Why the Gaussian
 is safe: for a Gaussian posterior N(m, S) the integral is finite iff cΣ̂ ≺ 2S, so c = 0.8 tolerates a
 sample covariance 2.5 times too large in any direction, at the price of a relative variance of
-((2/c - 1)^(-1/2)/c)^d - 1 = 4% (d = 2) to 6% (d = 3) where the fit is exact; and the posteriors of
-aevb's decoders have Gaussian tails at least as wide as p(z) = N(0, I)'s wherever log p(x|z) grows
-slower than |z|² (bounded activations, Bernoulli logits), while Σ̂ ≼ I since the posterior lies within
-the prior. A q from a kernel density estimate or a mixture fitted by EM inherits the samples'
+((2/c - 1)^(-1/2)/c)^d - 1 = 4% (d = 2) to 6% (d = 3) where the fit is exact. Far out, a posterior of
+an MLP decoder has the prior's tails exp(-|z|²/2) up to factors of lower order wherever log p(x|z)
+changes slower than |z|² (bounded activations; Bernoulli logits at most linear in z), so there the
+condition is cΣ̂ ≺ 2I, which holds where the posterior is no wider than the prior. A q from a kernel density estimate or a mixture fitted by EM inherits the samples'
 outliers and has no such margin. Where the assumption fails, the Pareto k̂ of the ratios (fitted as
 for importance weights, aevb.inference.importance) says so.
 
