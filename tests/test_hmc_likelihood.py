@@ -43,16 +43,16 @@ def test_exact_on_a_linear_gaussian_model_within_its_stated_error(torch_seed, as
 
 def test_agrees_with_importance_sampling_on_a_trained_vae(tmp_path, torch_seed):
     # A VAE with two latent dimensions on the 8×8 digits, whose full-covariance encoder is a good proposal:
-    # importance sampling with k = 5000 keeps an effective sample size above 500 on every image. The two
+    # importance sampling with k = 2000 keeps an effective sample size above 200 on every image. The two
     # estimates of the mean log p(x) of ten test images must agree within 5 of their combined standard
-    # errors (both are Monte Carlo estimates of the same number; measured: 0.01 apart, combined s.e. 0.011).
+    # errors (both are Monte Carlo estimates of the same number; measured: 0.007 apart, combined s.e. 0.016).
     run = tmp_path / "vae"
     assert main(["train", "--dataset", "digits", "--hidden", "64", "--latent-dim", "2", "--posterior", "full_normal",
-                 "--epochs", "30", "--out", str(run), "--quiet", "--no-report"]) == 0
+                 "--epochs", "20", "--out", str(run), "--quiet", "--no-report"]) == 0
     model = aevb.load(run)
     x = load_test_data(run, 10)[0]
-    importance = summary(importance_estimate(model, x, 5000))
-    assert importance["ess_min"] > 500
-    hmc = hmc_log_likelihood(model, x, samples=100, chains=4, warmup=100)
+    importance = summary(importance_estimate(model, x, 2000))
+    assert importance["ess_min"] > 200
+    hmc = hmc_log_likelihood(model, x, samples=100, chains=4, warmup=50)
     combined = math.hypot(importance["standard_error"], hmc.standard_error)
     assert abs(hmc.value - importance["value"]) < 5 * combined, (hmc.value, importance["value"], combined)
