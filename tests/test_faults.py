@@ -237,10 +237,10 @@ KILLED_IN_SAVE = textwrap.dedent("""
         marker.touch()
         time.sleep(600)  # the test kills us here
 
-    def save_checkpoint(path, model, optimizer, epoch, schedule=None):
+    def save_checkpoint(path, model, optimizer, epoch, schedule=None, algorithm=None):
         state.update(epoch=epoch, renames=0)
         try:
-            return real_save(path, model, optimizer, epoch, schedule)
+            return real_save(path, model, optimizer, epoch, schedule, algorithm)
         finally:
             state["epoch"] = None
 

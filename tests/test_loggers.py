@@ -135,10 +135,10 @@ def test_resume_logs_every_epoch_once(tmp_path, monkeypatch, one_thread):
     TensorBoard (purge_step) drop the orphaned epoch 3 as metrics.jsonl does."""
     run, save = tmp_path / "run", rundir.save_checkpoint
 
-    def killed_at_3(path, model, optimizer, epoch, schedule=None):
+    def killed_at_3(path, model, optimizer, epoch, schedule=None, algorithm=None):
         if epoch == 3:
             raise TrainingInterrupted("killed", signal.SIGTERM)
-        save(path, model, optimizer, epoch, schedule)
+        save(path, model, optimizer, epoch, schedule, algorithm)
 
     monkeypatch.setattr(rundir, "save_checkpoint", killed_at_3)
     assert main(["train", *SMALL, *ALL, "--epochs", "4", "--out", str(run)]) == 143

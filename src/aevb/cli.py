@@ -109,6 +109,9 @@ def load_test_data(run: Path, n: int | None = None):
     return data.test_x, data.test_y
 
 
+HMC_SAMPLES = 500  # aevb evaluate --hmc-likelihood's default L
+
+
 def cmd_evaluate(args) -> None:
     from .api import load
     from .evaluate import evaluate, format_evaluation
@@ -119,9 +122,11 @@ def cmd_evaluate(args) -> None:
     model = load(run, device, args.checkpoint)
     x, y = load_test_data(run, args.test_size)
     ks = sorted({1, 5, 50, args.k} if args.k >= 50 else {1, args.k})
+    if args.hmc_samples is not None and not args.hmc_likelihood:
+        raise ConfigError("--hmc-samples applies with --hmc-likelihood; add it, or drop --hmc-samples")
     result = evaluate(model, x.to(device), ks, samples=args.samples, max_memory=int(args.max_memory * 2**20),
                       progress=sys.stderr.isatty(), y=None if y is None else y.to(device), precision=args.precision,
-                      compile=args.compile)
+                      compile=args.compile, hmc_samples=(args.hmc_samples or HMC_SAMPLES) if args.hmc_likelihood else 0)
     result |= {"checkpoint": args.checkpoint, "epoch": checkpoint_epoch(run, args.checkpoint)}
     write_text(run / "eval.json", json.dumps(result, indent=2) + "\n")
     print(format_evaluation(result))
@@ -412,6 +417,11 @@ def build_parser() -> Parser:
     p.add_argument("--max-memory", type=positive_float, default=512,
                    help="MiB at most for one batched decoder pass of many datapoints' samples (default 512; "
                         "on the CPU passes stay under 64 MiB, where they run fastest)")
+    p.add_argument("--hmc-likelihood", action="store_true",
+                   help="also log p(x) by Kingma & Welling 2013's appendix D estimator: HMC posterior samples, no "
+                        "encoder needed (the one for --algorithm mcem runs); costly: try --test-size 100 first")
+    p.add_argument("--hmc-samples", type=positive_int, help=f"--hmc-likelihood: L, the HMC samples per chain for the "
+                   f"fit and again for the estimate, 4 chains per datapoint (default {HMC_SAMPLES})")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sample", help="a PNG grid of samples from the prior")

@@ -98,6 +98,10 @@ class TrainConfig:
     early_stopping: typing.Optional[int] = None  # stop after this many epochs without a better val_elbo; None: never
     grad_clip: typing.Optional[float] = None  # clip the total gradient norm of each step to this; None: no clipping
     free_bits: typing.Optional[float] = None  # sgvb: each latent dimension's KL in the objective ≥ λ nats; None: off
+    hmc_steps: int = 1  # mcem: HMC iterations of a batch's chains before its M-steps
+    leapfrog_steps: int = 10  # mcem: leapfrog steps per HMC iteration (Kingma & Welling 2013, appendix E: 10)
+    hmc_acceptance: float = 0.9  # mcem: the acceptance rate every chain's step size adapts toward (appendix E: 0.9)
+    m_steps: int = 5  # mcem: gradient steps on θ per batch, on the same chain states (appendix E: 5)
 
 
 @dataclass
@@ -130,11 +134,11 @@ POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs
             "cycles", "eval_batch_size", "posterior_df", "prior_concentration", "likelihood_scale_init", "lr", "init_std", "cycle_ratio",
             "nan_retries", "labelled", "labelled_batch_size", "labelled_weight", "labelled_every",
             "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step", "likelihood_trials", "log_images_every",
-            "early_stopping", "grad_clip", "free_bits"}
+            "early_stopping", "grad_clip", "free_bits", "hmc_steps", "leapfrog_steps", "m_steps"}
 NON_NEGATIVE = {"beta", "beta_y", "warmup_epochs", "alpha", "lr_patience"}
 AT_MOST_ONE = {"cycle_ratio": "(0, 1]", "labelled_weight": "(0, 1]"}  # fractions: upper bound inclusive
 BELOW_ONE = {"nan_lr_factor": "(0, 1)", "lr_gamma": "(0, 1)", "test_fraction": "(0, 1)",
-             "val_fraction": "(0, 1)"}  # fractions: upper bound exclusive
+             "val_fraction": "(0, 1)", "hmc_acceptance": "(0, 1)"}  # fractions: upper bound exclusive
 BINARIZE = ("none", "dynamic", "static")
 ON_NAN = ("stop", "rollback")
 SPLITS = ("standard", "80/20")
@@ -179,6 +183,11 @@ HELP = {  # the flags' help lines, where the name alone could mislead
                       "--val-fraction); RUN/best.safetensors holds the best epoch's weights (default: never stop)",
     "grad_clip": "clip each step's total gradient norm to this (torch.nn.utils.clip_grad_norm_); metrics.jsonl gets "
                  "train_grad_norm, the mean norm before clipping (default: no clipping)",
+    "hmc_steps": "--algorithm mcem: HMC iterations of a batch's persistent chains (one per training example) "
+                 "before its M-steps (default 1)",
+    "leapfrog_steps": "--algorithm mcem: leapfrog steps per HMC iteration (default 10, as Kingma & Welling 2013)",
+    "hmc_acceptance": "--algorithm mcem: the acceptance rate each chain's step size adapts toward (default 0.9)",
+    "m_steps": "--algorithm mcem: gradient steps on the decoder's θ per batch, on the same chain states (default 5)",
     "free_bits": "free bits λ (Kingma et al. 2016): in the training objective each latent dimension's minibatch-mean "
                  "KL is at least λ nats; the reported ELBO is unchanged (sgvb, estimators A/B/auto, factorised q, p)",
 }

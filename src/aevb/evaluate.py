@@ -17,6 +17,7 @@ from torch.distributions import (Beta, Dirichlet, Distribution, Independent, Mix
                                  Normal, constraints, kl_divergence)
 
 from .compiling import compiled, compiler_missing, failure
+from .inference.hmc_likelihood import hmc_log_likelihood
 from .inference.importance import MIN_DIAGNOSED_K, ImportanceEstimate, diagnose_weights, estimate, summary
 from .inference.importance import warning as importance_warning
 from .memory import DEFAULT_MAX_MEMORY, PassCost, chunk_sizes, pass_budget, pass_cost
@@ -290,14 +291,17 @@ def class_metrics(model, x: torch.Tensor, y: torch.Tensor, samples: int = 50, ba
 
 def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
              max_memory: int = DEFAULT_MAX_MEMORY, progress: bool = False, y: torch.Tensor | None = None,
-             precision: str = "32", compile: bool = False) -> dict:
+             precision: str = "32", compile: bool = False, hmc_samples: int = 0) -> dict:
     """Test-set ELBO (A, and B where a closed-form KL exists), the IWAE bound for every k, the IS
     log-likelihood at the largest k with its calibrated standard error and its diagnostics (ESS, Pareto k̂:
     aevb.inference.importance.summary), in nats per datapoint and bits/dim,
     the diagnostics (KL per dimension, active units, a collapse warning) and, for a
     semi-supervised model given the labels ``y``, its class metrics. In fp32 unless ``precision``
     says otherwise (the networks alone then run in bf16 or fp16; see aevb.precision); with
-    ``compile``, the importance-sampling passes compiled (``result["compile"]`` says if not, and why)."""
+    ``compile``, the importance-sampling passes compiled (``result["compile"]`` says if not, and why).
+    With ``hmc_samples`` L > 0, also ``result["hmc_log_likelihood"]``: log p(x) by the estimator of Kingma &
+    Welling 2013, appendix D (aevb.inference.hmc_likelihood, L samples per chain; in fp32, since its
+    acceptance tests compare energies), which needs no encoder."""
     with evaluated_in(model, precision, x.device):
         started = time.perf_counter()
         run_pass, not_compiled = sampling_pass(model, x, compile)
@@ -319,8 +323,10 @@ def evaluate(model, x: torch.Tensor, ks=(1, 5, 50, 5000), samples: int = 1,
             result["classes"] = class_metrics(model, x, y)
         result["decoder_pass"] = {"datapoints": batch, "samples": chunk, "max_memory": max_memory,
                                   "bytes": cost.bytes(batch, chunk), "measured": cost.measured}
-        result["seconds"] = time.perf_counter() - started
-        return result
+    if hmc_samples:
+        result["hmc_log_likelihood"] = hmc_log_likelihood(model, x, hmc_samples).summary()
+    result["seconds"] = time.perf_counter() - started
+    return result
 
 
 def format_evaluation(r: dict) -> str:
@@ -342,6 +348,12 @@ def format_evaluation(r: dict) -> str:
         lines.append(f"{'  ESS, mean and least':<34}{ll['ess_mean']:>12.1f}  {ll['ess_min']:.1f}")
         lines.append(f"{'  Pareto k̂ in (0.5, 0.7], > 0.7':<34}{100 * ll['khat_share_0.5_to_0.7']:>11.1f}%  "
                      f"{100 * ll['khat_share_above_0.7']:.1f}% of the datapoints")
+    hmc = r.get("hmc_log_likelihood")
+    if hmc:
+        lines.append(f"{'log p(x), HMC (K&W 2013 app. D)':<34}{hmc['value']:>12.3f}  ± {hmc['standard_error']:.3f} "
+                     f"(L={hmc['samples']}, {hmc['chains']} chains"
+                     + ("; unreliable: Pareto k̂ > 0.7 for " + f"{100 * hmc['khat_share_above_0.7']:.1f}% of the datapoints)"
+                        if not hmc["reliable"] else ")"))
     lines.append(f"{'bits/dim':<34}{r['bits_per_dim']:>12.4f}")
     c = r.get("classes")
     if c:

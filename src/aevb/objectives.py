@@ -142,6 +142,12 @@ def sgvb_auto(model, x, samples: int = 1, beta: float = 1.0, free_bits: float | 
     return (sgvb_b if model.has_analytic_kl() else sgvb_a)(model, x, samples, beta, free_bits)
 
 
+def log_joint(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log p(x, z) = log p(x|z) + log p(z) for z of shape (..., N, latent_dim) and x (N, *x_shape):
+    the unnormalised log-posterior that Hamiltonian Monte Carlo samples (aevb.inference.hmc), shape (..., N)."""
+    return model.decode(z).log_prob(x) + model.prior().log_prob(z)
+
+
 def log_weights(model, x, samples: int, beta: float = 1.0) -> torch.Tensor:
     """log w_k = log p(x|z_k) + β(log p(z_k) - log q(z_k|x)), z_k ~ q(z|x); shape (samples, N)."""
     log_px_z, log_ratio = _log_weight_terms(model, x, samples)

@@ -149,8 +149,9 @@ def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                    schedule=None) -> None:
-    """Weights (safetensors) and optimizer state + RNG state (+ the learning-rate schedule's state;
+                    schedule=None, algorithm: dict[str, torch.Tensor] | None = None) -> None:
+    """Weights (safetensors) and optimizer state + RNG state (+ the learning-rate schedule's state, +
+    ``algorithm``, the training algorithm's own state where it has one, e.g. Monte Carlo EM's chains;
     torch.save of tensors and plain values only), both stamped with the epoch so that a resume can
     check they belong together.
 
@@ -163,6 +164,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     trainer = {"optimizer": optimizer.state_dict(), "epoch": epoch, "rng_state": torch.get_rng_state()}
     if schedule is not None:
         trainer["schedule"] = schedule.state_dict()
+    if algorithm:
+        trainer["algorithm"] = {k: v.detach().cpu() for k, v in algorithm.items()}
     if torch.cuda.is_available():
         trainer["cuda_rng_state"] = torch.cuda.get_rng_state_all()
     temps: list[Path] = []
@@ -278,8 +281,10 @@ def check_optimizer_state(state: dict, optimizer: torch.optim.Optimizer, file: P
         raise fail(f"{type(e).__name__}: {e}") from None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule=None) -> int:
-    """Restore weights, optimizer, learning-rate schedule and RNG state; returns the epoch to continue after (0 when the
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule=None,
+                    algorithm=None) -> int:
+    """Restore weights, optimizer, learning-rate schedule, RNG state and the training algorithm's own state
+    (``algorithm.load_state_dict``, given {} where none was saved); returns the epoch to continue after (0 when the
     run has not finished an epoch: it starts again from its seed). Also tidies what a killed save
     left: the optimizer state that matches the weights becomes optimizer.pt."""
     path = Path(path)
@@ -311,6 +316,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         optimizer.load_state_dict(trainer["optimizer"])
         if schedule is not None and "schedule" in trainer:
             schedule.load_state_dict(trainer["schedule"])
+        if algorithm is not None:
+            algorithm.load_state_dict(trainer.get("algorithm", {}))
         torch.set_rng_state(trainer["rng_state"])
         if "cuda_rng_state" in trainer and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(trainer["cuda_rng_state"])

@@ -241,10 +241,11 @@ def interrupted(run: Path, signum: int, abandoned: bool) -> TrainingInterrupted:
 
 class Snapshot:
     """The trainer's state at the start of an epoch (the state of the last checkpoint), kept in
-    memory for ``--on-nan rollback``: weights, optimizer state and RNG state."""
+    memory for ``--on-nan rollback``: weights, optimizer state, the algorithm's own state and RNG state."""
 
     def __init__(self, trainer: "Trainer"):
         self.model = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        self.algorithm = {k: v.detach().clone() for k, v in trainer.algorithm.state_dict().items()}
         self.optimizer = copy.deepcopy(trainer.optimizer.state_dict())
         self.rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -252,6 +253,7 @@ class Snapshot:
     def restore(self, trainer: "Trainer") -> None:
         trainer.model.load_state_dict(self.model)
         trainer.optimizer.load_state_dict(copy.deepcopy(self.optimizer))  # the optimizer would alias our tensors
+        trainer.algorithm.load_state_dict({k: v.clone() for k, v in self.algorithm.items()})
         torch.set_rng_state(self.rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
@@ -311,13 +313,13 @@ def _train(trainer: Trainer, data: Dataset, out, resume: bool, overwrite: bool, 
         run = Path(out)
 
         def load() -> int:  # rank 0 first: loading tidies what a killed save left
-            epoch = rundir.load_checkpoint(run, trainer.model, trainer.optimizer, trainer.schedule)
+            epoch = rundir.load_checkpoint(run, trainer.model, trainer.optimizer, trainer.schedule, trainer.algorithm)
             rundir.truncate_metrics(run, epoch)
             rundir.rewrite_config(run, cfg, meta)
             return epoch
         start = group.on_main(load)
         if not group.main:
-            rundir.load_checkpoint(run, trainer.model, trainer.optimizer, trainer.schedule)
+            rundir.load_checkpoint(run, trainer.model, trainer.optimizer, trainer.schedule, trainer.algorithm)
         rollbacks = (rundir.read_metrics(run)[-1:] or [{}])[0].get("nan_rollbacks") or 0
     else:
         run = Path(out) if out else rundir.default_path(cfg)
@@ -388,6 +390,12 @@ class BestEpoch:
                 f"(--early-stopping {self.patience}), stopped after epoch {epoch}; {best}")
 
 
+# the metrics of an epoch's printed line (key, label, format), those that the algorithm reports
+PROGRESS = (("train_elbo", "train ELBO", "9.3f"), ("test_elbo", "test ELBO", "9.3f"), ("test_kl", "test KL", "7.3f"),
+            ("test_accuracy", "test accuracy", ".4f"), ("val_elbo", "val ELBO", "9.3f"),
+            ("train_log_pxz", "train log p(x,z)", "9.3f"), ("train_accept", "HMC acceptance", ".3f"))
+
+
 def run_epochs(trainer: Trainer, run: Path, start: int, rollbacks: int, stop: StopRequest, quiet: bool,
                log) -> bool:
     """Epochs start+1 .. epochs: train, test, validate, metrics (to ``log``, the run's loggers), checkpoint (and best.safetensors,
@@ -425,13 +433,12 @@ def run_epochs(trainer: Trainer, run: Path, start: int, rollbacks: int, stop: St
             log(record)
             if improved:
                 rundir.save_best(run, trainer.model, epoch)
-            rundir.save_checkpoint(run, trainer.model, trainer.optimizer, epoch, trainer.schedule)
+            rundir.save_checkpoint(run, trainer.model, trainer.optimizer, epoch, trainer.schedule,
+                                   trainer.algorithm.state_dict())
         if not quiet:
-            tqdm.write(f"epoch {epoch:>3}/{t.epochs}  train ELBO {record['train_elbo']:9.3f}  "
-                       f"test ELBO {record['test_elbo']:9.3f}  test KL {record['test_kl']:7.3f}  "
-                       + (f"test accuracy {record['test_accuracy']:.4f}  " if "test_accuracy" in record else "")
-                       + (f"val ELBO {record['val_elbo']:9.3f}  " if "val_elbo" in record else "") +
-                       f"{record['samples_per_sec']:8.0f} samples/s")
+            tqdm.write(f"epoch {epoch:>3}/{t.epochs}  " + "".join(f"{label} {record[key]:{form}}  " for key, label, form
+                                                               in PROGRESS if key in record)
+                       + f"{record['samples_per_sec']:8.0f} samples/s")
         epoch += 1
     if best.exhausted(epoch - 1) and epoch <= t.epochs:
         if trainer.group.main:

@@ -40,6 +40,16 @@ from ..registry import Registry
 ALGORITHMS: Registry = Registry("algorithm")
 
 
+def refuse_foreign_options(t, name: str, own: tuple[str, ...]) -> None:
+    """ConfigError where ``t`` sets, to other than its default, an option that another algorithm reads
+    (its ``options``) and algorithm ``name`` does not: it would be silently ignored."""
+    defaults = type(t)()
+    for other in ALGORITHMS:
+        for option in ALGORITHMS[other].options:
+            if option not in own and getattr(t, option) != getattr(defaults, option):
+                raise ConfigError(f"--{option.replace('_', '-')} applies to --algorithm {other}, not {name}; drop it")
+
+
 def default_algorithm(model: LatentModel) -> str:
     """The algorithm a model trains with unless told otherwise: semi-supervised for a model with a
     classifier, sgvb for the rest."""
@@ -63,11 +73,16 @@ class Algorithm(ABC):
     passes over, on the device) and implement ``loss`` and ``step``; ``requires`` is the capability
     a model needs for it, ``requirement`` says it in words for the error. Under torchrun (``group``
     active) ``forward`` runs ``loss`` through DistributedDataParallel; ``skips_parameters`` says
-    that some steps leave some parameters unused (DDP must then look for them)."""
+    that some steps leave some parameters unused (DDP must then look for them). ``options`` are the
+    TrainConfig fields that this algorithm alone reads: any other algorithm refuses them where they
+    are set. An algorithm with state of its own beyond the model and optimizer (Monte Carlo EM's
+    chains) returns it from ``state_dict``, which checkpoints save and a resume hands back to
+    ``load_state_dict``."""
 
     requires: type = LatentModel
     requirement: str = "a latent-variable model"
     skips_parameters: bool = False
+    options: tuple[str, ...] = ()
 
     def __init__(self, cfg: Config, model: LatentModel, optimizer: torch.optim.Optimizer, data: Dataset,
                  device: torch.device, group: Group = Group()):
@@ -77,6 +92,7 @@ class Algorithm(ABC):
                               f"{cfg.model.model} is not one")
         if t.beta_y is not None and not isinstance(model, ClassLatent):
             raise ConfigError(f"--beta-y weighs the KL of M2's class y; {cfg.model.model} has none (use --model m2)")
+        refuse_foreign_options(t, self.registered_name, self.options)
         self.cfg, self.model, self.optimizer, self.device, self.group = cfg, model, optimizer, device, group
         self.precision = MixedPrecision(t.precision, device)
         self.precision.wrap(model)
@@ -168,14 +184,29 @@ class Algorithm(ABC):
         ``progress`` epochs into the run."""
 
     def end_epoch(self) -> dict[str, float]:
-        """The epoch's training metrics: β at its end and the mean bound terms per example (with
-        --grad-clip, ``train_grad_norm``: the mean gradient norm before clipping; DDP's is the same on every rank)."""
+        """The epoch's training metrics: β at its end and the mean bound terms per example, and those
+        of ``update_metrics``."""
         sums = self.group.all_sum(self.sums)  # each rank summed its shards
+        return ({"beta": self.beta} | {f"train_{name}": v for name, v in zip(self.terms, (sums / self.n).tolist())}
+                | self.update_metrics())
+
+    def update_metrics(self) -> dict[str, float]:
+        """What ``update`` measured in the epoch: the θ term of --theta map or vb (``train_theta_term``),
+        and with --grad-clip ``train_grad_norm``, the mean gradient norm before clipping (DDP's is the
+        same on every rank)."""
         theta = {"train_theta_term": self.theta_term.item()} if self.theta[0] != "ml" else {}
         norm, steps = self.grad_norms.tolist()
-        clip = {"train_grad_norm": norm / steps if steps else math.nan} if self.grad_clip is not None else {}
-        return ({"beta": self.beta} | {f"train_{name}": v for name, v in zip(self.terms, (sums / self.n).tolist())}
-                | theta | clip)
+        return theta | ({"train_grad_norm": norm / steps if steps else math.nan} if self.grad_clip is not None else {})
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The algorithm's own state for a checkpoint, beyond the model's and the optimizer's: none here."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Take back what ``state_dict`` saved (a ValueError where it does not fit: the checkpoint then
+        cannot be resumed)."""
+        if state:
+            raise ValueError(f"unexpected algorithm state {sorted(state)}")
 
     def test(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
         """Test metrics in fp32 whatever the training precision: the mean bound terms under the

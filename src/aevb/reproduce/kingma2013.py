@@ -248,14 +248,13 @@ FIG3_PAPER = ("With N_z = 3 and 100 hidden units on MNIST, AEVB's estimated marg
 
 
 def marginal_likelihood_on(x_train: torch.Tensor, x_test: torch.Tensor, **options):
-    """The measure of Figure 3: the paper's HMC marginal-likelihood estimator (appendix D) per
-    datapoint on training and test images, with its standard error."""
+    """The measure of Figure 3: the paper's HMC marginal-likelihood estimator (appendix D,
+    ``hmc_log_likelihood`` with ``options``) per datapoint on training and test images, with its standard error."""
     from ..inference.hmc_likelihood import hmc_log_likelihood
 
     def measure(model) -> dict:
         train, test = (hmc_log_likelihood(model, x, **options) for x in (x_train, x_test))
-        return {"train": train["value"], "train_se": train["standard_error"],
-                "test": test["value"], "test_se": test["standard_error"]}
+        return {"train": train.value, "train_se": train.standard_error, "test": test.value, "test_se": test.standard_error}
     return measure
 
 

@@ -321,6 +321,9 @@ def fig_curves(run_or_metrics, path=None) -> Path:
     records = [r for r in records if r.get("samples_seen")]
     if not records:
         raise DataError(f"{where or 'the metrics'} has no finished epoch yet, so there is no curve to draw")
+    if not any("train_elbo" in r or "test_elbo" in r for r in records):
+        raise DataError(f"{where or 'the metrics'} has no ELBO to draw: its training algorithm reports none "
+                        "(Monte Carlo EM: the log p(x, z) of its chains)")
     if path is None and run is None:
         raise ValueError("pass path=... for the curves figure of metrics records")
     path = Path(path) if path is not None else run / "curves.png"
