@@ -10,7 +10,7 @@ from PIL import Image
 
 from aevb.cli import main
 from aevb.config import Config, apply, load_toml
-from aevb.reproduce.kingma2013 import Fig3, log_points, paper_config
+from aevb.reproduce.kingma2013 import Fig3, evaluations_per_example, log_points, paper_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -38,11 +38,14 @@ def test_log_points_are_log_spaced_and_end_at_the_budget():
     assert max(ratios) / min(ratios) < 1.3
 
 
-def test_fig3_points_give_both_training_sets_the_same_samples():
+def test_fig3_points_give_every_curve_the_same_samples():
     b = Fig3.BUDGETS["quick"]
-    small, large = (Fig3.epochs(b, n) for n in b.train_sizes)
-    assert small[-1] * b.train_sizes[0] == large[-1] * b.train_sizes[1] == b.options["samples"]
-    assert len(small) == 4 and small == tuple(sorted(small))
+    for n in b.train_sizes:
+        for algorithm in ("sgvb", "wake-sleep", "mcem"):
+            cfg = paper_config("mnist", 3, algorithm, 100)
+            points = Fig3.epochs(b, cfg, n)
+            assert points[-1] * n * evaluations_per_example(cfg) == b.options["samples"]
+            assert 2 <= len(points) <= 3 and points == tuple(sorted(points))
 
 
 def test_fig2_smoke_writes_figure_json_page_and_resumes(tmp_path, capsys):
@@ -72,12 +75,13 @@ def test_fig3_smoke_compares_three_algorithms_on_two_training_sets(tmp_path, cap
     out = tmp_path / "fig3"
     run(["kingma2013-fig3", "--budget", "smoke", "--out", str(out)], capsys)
     results = json.loads((out / "results.json").read_text())
-    assert set(results["curves"]) == {"100", "300"}
+    assert set(results["curves"]) == {"100", "200"}
     for n, curves in results["curves"].items():
         assert set(curves) == {"sgvb", "wake-sleep", "mcem"}
-        for points in curves.values():
-            assert [p["samples"] for p in points] == [int(n), 2 * int(n)]
+        for algorithm, points in curves.items():
+            assert points[-1]["samples"] == 1000  # the same training samples evaluated (MCEM: 5 per example an epoch)
             assert all(p["test_se"] > 0 and p["test"] < 0 for p in points)
+        assert json.loads((out / "runs" / f"n{n}-mcem" / "config.json").read_text())["train"]["algorithm"] == "mcem"
     assert (out / "fig3.png").is_file() and "MCEM train / test" in (out / "page.md").read_text()
 
 
