@@ -99,14 +99,10 @@ def cmd_train(args) -> None:
 
 def load_test_data(run: Path, n: int | None = None):
     """The test split of a run's dataset (first n images) and its labels (None without)."""
-    from .data import load_dataset
-    from .rundir import read_config
+    from .viz.figures import load_test_split
 
-    cfg, _ = read_config(run)
-    cfg.data.test_size = n
-    cfg.data.train_size = 1
-    data = load_dataset(cfg.data)
-    return data.test_x, data.test_y
+    x, y, _ = load_test_split(run, n)
+    return x, y
 
 
 def cmd_evaluate(args) -> None:
@@ -192,7 +188,7 @@ def cmd_report(args) -> None:
 
 def cmd_impute(args) -> None:
     from .api import load
-    from .data import load_dataset
+    from .data import in_memory, load_dataset
     from .experiments.imputation import METHODS, compare, format_record, write
     from .rundir import read_config
 
@@ -202,9 +198,10 @@ def cmd_impute(args) -> None:
     cfg.data.test_size = args.test_size
     data = load_dataset(cfg.data)
     methods = METHODS if args.method == "all" else (args.method,)
-    record, fills, missing = compare(model, data.test_x, data.train_x, args.mask, methods, args.samples,
+    x = in_memory(data.test_x)
+    record, fills, missing = compare(model, x, in_memory(data.train_x), args.mask, methods, args.samples,
                                      args.sweeps, args.chains, args.seed)
-    json_path, png = write(run, record, fills, data.test_x, missing)
+    json_path, png = write(run, record, fills, x, missing)
     print(format_record(record))
     print(f"wrote {json_path} and {png}")
 

@@ -60,7 +60,8 @@ class _Loss(nn.Module):
 
 class Algorithm(ABC):
     """One training algorithm for ``model``. Subclasses set ``x`` (the training examples an epoch
-    passes over, on the device) and implement ``loss`` and ``step``; ``requires`` is the capability
+    passes over: a tensor on the device, or ``Rows`` that read each batch onto it, aevb.data.streaming)
+    and implement ``loss`` and ``step``; ``requires`` is the capability
     a model needs for it, ``requirement`` says it in words for the error. Under torchrun (``group``
     active) ``forward`` runs ``loss`` through DistributedDataParallel; ``skips_parameters`` says
     that some steps leave some parameters unused (DDP must then look for them)."""
@@ -177,10 +178,10 @@ class Algorithm(ABC):
         return ({"beta": self.beta} | {f"train_{name}": v for name, v in zip(self.terms, (sums / self.n).tolist())}
                 | theta | clip)
 
-    def test(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+    def test(self, x: torch.Tensor, y: torch.Tensor | None, s: torch.Tensor | None = None) -> dict[str, float]:
         """Test metrics in fp32 whatever the training precision: the mean bound terms under the
-        training estimator (β = 1)."""
+        training estimator (β = 1), given the batch s of each datapoint where the data have one."""
         t = self.cfg.train
         with self.precision.full():
-            terms = elbo_terms(self.model, x, Estimator(t.estimator, t.samples), t.eval_batch_size)
+            terms = elbo_terms(self.model, x, Estimator(t.estimator, t.samples), t.eval_batch_size, s)
         return {f"test_{name}": v for name, v in terms.items()}
