@@ -314,10 +314,12 @@ def cmd_datasets(args) -> None:
     for name, where in found:
         print(f"{name:<{width}}{where or 'not here (aevb train --dataset ' + name + ' says how to get it)'}")
     print(f"{'npz:PATH':<{width}}your own arrays: "
-          "numpy.savez(PATH, x_train=..., x_test=..., [y_train=..., y_test=...])")
+          "numpy.savez(PATH, x_train=..., x_test=..., [y_train=..., y_test=...]), or a folder of such shards")
+    print(f"{'npy:PATH':<{width}}your own examples (N, ...) in one numpy.save file, no labels; --stream reads it "
+          "from disk")
     print(f"{'folder:PATH':<{width}}your own PNG/JPEG images, one sub-folder per class (optional), "
           "optionally in train/ and test/")
-    print(f"{'h5ad:PATH':<{width}}your own AnnData file (--layer, --label-key; pip install aevb[anndata])")
+    print(f"{'h5ad:PATH':<{width}}your own AnnData file (--layer, --label-key, --batch-key; pip install aevb[anndata])")
 
 
 def positive_int(text: str) -> int:
