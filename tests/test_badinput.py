@@ -341,6 +341,45 @@ def zip_with_text(ws, assets):
         z.writestr("x_test", b"not an array")
 
 
+def cells(sparse_nan=False, negative=False, csc=False):
+    """Setup: c.h5ad, 6 cells × 4 genes of counts in X and in a sparse layer 'counts' (CSR, or CSC), obs
+    'cell_type' and 'batch'; optionally a NaN in the layer or a negative count in X."""
+    def setup(ws, assets):
+        import anndata as ad
+        import pandas as pd
+        import scipy.sparse as sp
+
+        counts = (np.arange(24, dtype=np.float32).reshape(6, 4) % 5) + 1
+        layer = (sp.csc_matrix if csc else sp.csr_matrix)(counts)
+        if sparse_nan:
+            layer.data[3] = np.nan
+        x = counts.copy()
+        if negative:
+            x[:, 1] = -3
+        obs = pd.DataFrame({"cell_type": list("ababab"), "batch": list("xxyyxy")}, index=[f"c{i}" for i in range(6)])
+        ad.AnnData(X=x, layers={"counts": layer}, obs=obs).write_h5ad(ws / "c.h5ad")
+    return setup
+
+
+def as_flags(values: dict) -> list[str]:
+    """Config values as the command line's flags: {"batch_key": "b"} -> ["--batch-key", "b"]."""
+    return [x for key, value in values.items() for x in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def h5ad_case(id, match, stream=False, error=DataError, setup=None, **values) -> Case:
+    """A case on c.h5ad (``cells()`` unless ``setup``), the same settings as flags and as config values."""
+    values = {"dataset": "h5ad:{ws}/c.h5ad", **values, **({"stream": True} if stream else {})}
+    return Case(id, train_cli(*as_flags({k: v for k, v in values.items() if k != "stream"}), *["--stream"] * stream),
+                train_api(**values), error, match, setup or cells())
+
+
+def npy_case(id, match, data, error=DataError, **values) -> Case:
+    """A case on d.npy (``data``: its bytes, None for no file) read with --stream."""
+    return Case(id, train_cli("--dataset", "npy:{ws}/d.npy", "--stream", *as_flags(values)),
+                train_api(dataset="npy:{ws}/d.npy", stream=True, **values), error, match,
+                write("d.npy", data) if data is not None else (lambda ws, assets: None))
+
+
 def set_weights_nan(ws, assets):
     from safetensors.torch import load_file, save_file
     state = load_file(str(ws / "run" / rundir.WEIGHTS))
@@ -532,7 +571,8 @@ CASES = [
          "is not an .npz file \\(not a zip archive\\)", write("d.npz", b"\x80" + np.random.default_rng(0).bytes(3000))),
     Case("npz-truncated", train_cli("--dataset", "npz:{ws}/d.npz"), train_api(dataset="npz:{ws}/d.npz"), DataError,
          "not a readable .npz", then(lambda ws, a: npz(ws / "d.npz", **GOOD), truncate("d.npz", 300))),
-    Case("npz-is-a-folder", train_cli("--dataset", "npz:{ws}"), train_api(dataset="npz:{ws}"), DataError, "not a readable .npz"),
+    Case("npz-is-a-folder", train_cli("--dataset", "npz:{ws}"), train_api(dataset="npz:{ws}"), DataError,
+         "is a folder without .npz shards; put the shards \\(numpy.savez files\\) there"),
     Case("npz-bare-npy", train_cli("--dataset", "npz:{ws}/d.npz"), train_api(dataset="npz:{ws}/d.npz"), DataError,
          "is a single .npy array", write("d.npz", lambda: npy_bytes(GOOD["x_train"]))),
     Case("npz-member-not-an-array", train_cli("--dataset", "npz:{ws}/d.npz"), train_api(dataset="npz:{ws}/d.npz"), DataError,
@@ -565,6 +605,54 @@ CASES = [
     npz_case("npz-labels-float", "one non-negative integer label", y_train=np.zeros(6), **GOOD),
     npz_case("npz-conv-on-flat-data", r"--net conv needs images of shape \(C, H, W\), got data of shape \(4,\)",
              error=ConfigError, extra_cli=["--net", "conv"], extra_api={"net": "conv"}, **GOOD),
+    npz_case("npz-negative-counts", r"training data has negative values \(down to -1\) but the poisson likelihood "
+             "needs counts 0, 1, 2, ...; choose --likelihood gaussian", extra_cli=["--likelihood", "poisson"],
+             extra_api={"likelihood": "poisson"}, x_train=np.full((6, 4), -1.0), x_test=np.ones((3, 4))),
+    npz_case("npz-fractional-counts", r"has non-integer values \(e.g. 0.5\) but the negative_binomial likelihood needs "
+             "counts", extra_cli=["--likelihood", "negative_binomial"], extra_api={"likelihood": "negative_binomial"},
+             **GOOD),
+    # --- data read from disk a minibatch at a time (--stream), and AnnData files
+    npy_case("npy-stream-missing", r"npy file \S+d.npy does not exist; check the path", None),
+    npy_case("npy-stream-truncated", r"is truncated \(\d+ bytes, its header needs \d+\); write it again",
+             lambda: npy_bytes(np.zeros((6, 4), np.float32))[:-10]),
+    npy_case("npy-stream-not-an-array", r"is not a .npy array .*; save it with numpy.save", b"not an array at all"),
+    npy_case("npy-stream-pickled-objects", "holds pickled Python objects, which are never loaded",
+             lambda: npy_bytes(np.array([{"a": 1}] * 6, dtype=object))),
+    npy_case("npy-stream-one-dimensional", r"holds an array of shape \(6,\) .*it must be a numeric array \(N, ...\)",
+             lambda: npy_bytes(np.zeros(6, np.float32))),
+    npy_case("npy-stream-nan", r"the \S+d.npy data contains NaN or Inf", lambda: npy_bytes(np.full((6, 4), np.nan, np.float32)),
+             likelihood="gaussian"),
+    npy_case("npy-stream-binarize", r"--binarize dynamic needs the whole data set in memory .* \(--stream\); drop "
+             "--binarize dynamic", lambda: npy_bytes(np.full((6, 4), 0.5, np.float32)), ConfigError, binarize="dynamic"),
+    Case("npz-stream-compressed", train_cli("--dataset", "npz:{ws}/d.npz", "--stream"),
+         train_api(dataset="npz:{ws}/d.npz", stream=True), DataError,
+         r"is compressed \(numpy.savez_compressed\), which --stream cannot read a row at a time; save it with numpy.savez",
+         lambda ws, a: np.savez_compressed(ws / "d.npz", **GOOD)),
+    Case("npz-shards-differ", train_cli("--dataset", "npz:{ws}/shards"), train_api(dataset="npz:{ws}/shards"), DataError,
+         r"the shards of \S+ hold different arrays \(a.npz: x_train, x_test; b.npz: x_train, x_test, y_train\)",
+         then(lambda ws, a: npz(ws / "shards/a.npz", **GOOD), lambda ws, a: npz(ws / "shards/b.npz", **GOOD,
+                                                                               y_train=np.zeros(6, int)))),
+    Case("stream-a-registered-dataset", train_cli("--stream"), train_api(stream=True), ConfigError,
+         "--stream reads npy:PATH, npz:PATH and h5ad:PATH data from disk; digits is read into memory"),
+    h5ad_case("h5ad-no-layer", r"has no layer 'raw' \(its layers: counts\)", layer="raw"),
+    h5ad_case("h5ad-stream-no-layer", r"has no layer 'raw' \(its layers: counts\)", True, layer="raw"),
+    h5ad_case("h5ad-no-label-key", r"has no obs column 'celltype' \(its columns: cell_type, batch\)",
+              label_key="celltype"),
+    h5ad_case("h5ad-no-batch-key", r"has no obs column 'bach' \(its columns: cell_type, batch\)", True,
+              batch_key="bach"),
+    h5ad_case("h5ad-sparse-nan", r"layer 'counts' of \S+ contains NaN or Inf; clean or impute it", layer="counts",
+              setup=cells(sparse_nan=True)),
+    h5ad_case("h5ad-stream-sparse-nan", r"the layer 'counts' of \S+ data contains NaN or Inf", True,
+              layer="counts", setup=cells(sparse_nan=True)),
+    h5ad_case("h5ad-negative-counts", r"training data has negative values .* poisson likelihood needs counts",
+              likelihood="poisson", setup=cells(negative=True)),
+    h5ad_case("h5ad-stream-csc", r"layer 'counts' of \S+ is stored as csc_matrix, by genes: --stream reads it a cell "
+              "at a time, from csr_matrix only", True, layer="counts", setup=cells(csc=True)),
+    h5ad_case("h5ad-batch-key-on-m2", r"--batch-key conditions the decoder on each cell's batch, and --model m2 takes "
+              "no batch", error=ConfigError, batch_key="batch", model="m2"),
+    h5ad_case("feature-batch-without-batch-key", "--likelihood-dispersion feature-batch learns θ per gene and batch, "
+              "and the data have no batches: add --batch-key", error=ConfigError, likelihood="negative_binomial",
+              likelihood_dispersion="feature-batch"),
     # --- run directories that are not one, and checkpoints that are corrupt, unsafe or another model's
     Case("evaluate-not-a-run", ["evaluate", "{ws}", "--k", "5"], lambda ws: aevb.load(ws), RunError, "is not a run directory"),
     Case("sample-missing-run", ["sample", "{ws}/nowhere"], lambda ws: aevb.load(ws / "nowhere"), RunError, "is not a run directory"),

@@ -70,6 +70,7 @@ def test_round_trip_through_a_dict():
     {"latent_dim": "abc"}, {"latent_dim": 2.5}, {"latent_dim": True}, {"lr": "fast"}, {"download": "maybe"},
     {"hidden": "a,b"}, {"hidden": 5}, {"hidden": ""}, {"dataset": 5}, {"lr": {"a": 1}}, {"model": {"latent_dim": "x"}},
     {"lr": True}, {"hmc_acceptance": 1}, {"hmc_acceptance": 0.0}, {"leapfrog_steps": "ten"}, {"m_steps": 2.5},
+    {"stream": "maybe"}, {"batch_key": 5},
 ])
 def test_type_errors(d):
     with pytest.raises(ConfigError) as e:

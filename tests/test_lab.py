@@ -41,15 +41,15 @@ def row(result: Result, first: str) -> dict:
 
 # ------------------------------------------------------------------------------------ all of them
 
-def test_the_six_demonstrations_are_registered():
+def test_the_seven_demonstrations_are_registered():
     assert set(LABS.names()) == {"kl-directions", "gradient-estimators", "naive-mc", "elbo-gap", "em",
-                                 "reparam-families"}
+                                 "reparam-families", "online-drift"}
     with pytest.raises(ConfigError, match="did you mean 'em'"):
         LABS["emm"]
 
 
 @pytest.mark.parametrize("name", ["kl-directions", "gradient-estimators", "naive-mc", "elbo-gap", "em",
-                                  "reparam-families"])
+                                  "reparam-families", "online-drift"])
 def test_demonstration_writes_its_figure_and_table(results, name):
     result = results[name]
     assert result.figure.name == f"lab-{name}.png"
@@ -325,3 +325,27 @@ def test_reparam_families_table(results):
     r = results["reparam-families"]
     assert len(r.rows) == 23
     assert max(column(r, "max |z|")) < 5
+
+
+# ---------------------------------------------------------------------------------- online-drift
+
+def test_online_drift_follows_the_stream_and_writes_its_numbers(results):
+    """The quick run (2,000 images of 0-4, then 2,000 of 5-9, each seen once; 500 test images of each half).
+    The curve is measured every 500 images from 0 to 4,000, the switch among them. The model follows the
+    stream: while it sees 0-4 it ends better on 0-4 than on 5-9; while it sees 5-9 the 5-9 ELBO gains more
+    than the 0-4 one, and ends above it although 0-4 (with its 1s) is the easier half. The quick run (seed 0)
+    moves the gap ELBO(5-9) - ELBO(0-4) by 16 nats over the second half; the test asks for 5, a margin
+    against changes of floating-point order, not of the seed (the run is deterministic)."""
+    import json
+
+    result = results["online-drift"]
+    numbers = json.loads((result.figure.parent / "lab-online-drift.json").read_text())
+    assert (numbers["per_half"], numbers["every"], numbers["passes"]) == (2000, 500, 1)
+    curve = numbers["curve"]
+    assert [r["seen"] for r in curve] == list(range(0, 4001, 500))
+    switch, end = curve[4], curve[-1]
+    assert row(result, "after 2000 images of 0-4 (the switch)")["test ELBO 0-4"] == switch["0-4"]
+    assert switch["0-4"] > switch["5-9"] and end["5-9"] > end["0-4"]
+    assert (end["5-9"] - end["0-4"]) - (switch["5-9"] - switch["0-4"]) > 5
+    assert end["5-9"] - switch["5-9"] > end["0-4"] - switch["0-4"]
+    assert curve[0]["0-4"] < switch["0-4"] - 100  # it learned: an untrained decoder is hundreds of nats worse

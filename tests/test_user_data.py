@@ -164,6 +164,9 @@ def bad_folder(kind, root):
     elif kind == "empty test":
         save(root / "train" / "a.png", pixels(0))
         (root / "test").mkdir()
+    elif kind == "mixed sizes":
+        save(root / "a.png", pixels(0, (6, 5)))
+        save(root / "b.png", pixels(1, (4, 4)))
 
 
 @pytest.mark.parametrize("kind, flags, message", [
@@ -173,6 +176,7 @@ def bad_folder(kind, root):
     ("loose and classes", [], r"has images both directly in it \(a.png, ...\) and in class folders \(cls/, ...\)"),
     ("unknown test class", [], r"test/ has class folders that train/ lacks \(cow\); give every class training images"),
     ("empty test", [], r"imgs/test holds no images"),
+    ("mixed sizes", [], r"differ in size .*a.png is 5x6, .*b.png is 4x4\); pass --image-size"),
     ("unreadable", ["--channels", "2"], r"channels must be 1 \(grey\) or 3 \(RGB\), got 2"),
     ("unreadable", ["--image-size", "2", "3", "4"], r"image_size takes one size \(square\) or two \(H W\), got 3"),
 ])
@@ -194,7 +198,8 @@ def test_options_of_other_sources_are_refused(tmp_path):
         load_dataset(DataConfig(dataset="mnist", image_size=[28]))
     with pytest.raises(ConfigError, match="layer applies to h5ad:PATH data only"):
         load_dataset(cfg(tmp_path, tmp_path, layer="counts"))
-    with pytest.raises(ConfigError, match="test_fraction applies to data without a test split \\(folder:, h5ad:, ldac:, frey-face, reuters\\)"):
+    with pytest.raises(ConfigError, match="test_fraction applies to data without a test split \\(folder:, h5ad:, npy:, "
+                                          "ldac:, frey-face, reuters\\)"):
         load_dataset(DataConfig(dataset="mnist", test_fraction=0.2))
 
 
@@ -233,7 +238,8 @@ def test_h5ad_layer_and_labels_round_trip(h5ad_file):
     ds = load_dataset(h5(path, layer="counts", label_key="cell_type"))
     assert ds.classes == ("T", "B", "NK") and ds.n_classes == 3 and ds.x_shape == (N_VARS,)
     assert (len(ds.train_x), len(ds.test_x)) == (72, 8)
-    x, y = torch.cat([ds.train_x, ds.test_x]), torch.cat([ds.train_y, ds.test_y])
+    assert isinstance(ds.train_x.reader, sp.csr_matrix)  # the sparse layer stays sparse, made dense a batch at a time
+    x, y = torch.cat([ds.train_x[:], ds.test_x[:]]), torch.cat([ds.train_y, ds.test_y])
     order = np.argsort(np.concatenate([np.setdiff1d(np.arange(N_OBS), test := held_out()), test]), kind="stable")
     np.testing.assert_array_equal(x.numpy()[order], counts)
     np.testing.assert_array_equal(y.numpy()[order], kind)

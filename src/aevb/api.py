@@ -20,7 +20,7 @@ def load(run: str | Path, device: str = "cpu", checkpoint: str = "last"):
     "last" (model.safetensors) or "best" (best.safetensors, the best validation ELBO of a run
     trained with a validation set)."""
     cfg, meta = rundir.read_config(Path(run))
-    model = build_model(cfg.model, tuple(meta["x_shape"]), meta.get("n_classes"))
+    model = build_model(cfg.model, tuple(meta["x_shape"]), meta.get("n_classes"), len(meta.get("batches") or ()))
     rundir.load_weights(Path(run), model, checkpoint)
     return model.to(device).eval()
 

@@ -99,14 +99,10 @@ def cmd_train(args) -> None:
 
 def load_test_data(run: Path, n: int | None = None):
     """The test split of a run's dataset (first n images) and its labels (None without)."""
-    from .data import load_dataset
-    from .rundir import read_config
+    from .viz.figures import load_test_split
 
-    cfg, _ = read_config(run)
-    cfg.data.test_size = n
-    cfg.data.train_size = 1
-    data = load_dataset(cfg.data)
-    return data.test_x, data.test_y
+    x, y, _ = load_test_split(run, n)
+    return x, y
 
 
 HMC_SAMPLES = 500  # aevb evaluate --hmc-likelihood's default L
@@ -197,7 +193,7 @@ def cmd_report(args) -> None:
 
 def cmd_impute(args) -> None:
     from .api import load
-    from .data import load_dataset
+    from .data import in_memory, load_dataset
     from .experiments.imputation import METHODS, compare, format_record, write
     from .rundir import read_config
 
@@ -207,9 +203,10 @@ def cmd_impute(args) -> None:
     cfg.data.test_size = args.test_size
     data = load_dataset(cfg.data)
     methods = METHODS if args.method == "all" else (args.method,)
-    record, fills, missing = compare(model, data.test_x, data.train_x, args.mask, methods, args.samples,
+    x = in_memory(data.test_x)
+    record, fills, missing = compare(model, x, in_memory(data.train_x), args.mask, methods, args.samples,
                                      args.sweeps, args.chains, args.seed)
-    json_path, png = write(run, record, fills, data.test_x, missing)
+    json_path, png = write(run, record, fills, x, missing)
     print(format_record(record))
     print(f"wrote {json_path} and {png}")
 
@@ -352,10 +349,12 @@ def cmd_datasets(args) -> None:
     for name, where in found:
         print(f"{name:<{width}}{where or 'not here (aevb train --dataset ' + name + ' says how to get it)'}")
     print(f"{'npz:PATH':<{width}}your own arrays: "
-          "numpy.savez(PATH, x_train=..., x_test=..., [y_train=..., y_test=...])")
+          "numpy.savez(PATH, x_train=..., x_test=..., [y_train=..., y_test=...]), or a folder of such shards")
+    print(f"{'npy:PATH':<{width}}your own examples (N, ...) in one numpy.save file, no labels; --stream reads it "
+          "from disk")
     print(f"{'folder:PATH':<{width}}your own PNG/JPEG images, one sub-folder per class (optional), "
           "optionally in train/ and test/")
-    print(f"{'h5ad:PATH':<{width}}your own AnnData file (--layer, --label-key; pip install aevb[anndata])")
+    print(f"{'h5ad:PATH':<{width}}your own AnnData file (--layer, --label-key, --batch-key; pip install aevb[anndata])")
     print(f"{'ldac:PATH':<{width}}your own bags of words in LDA-C ('M id:count ...' a line), the vocabulary in "
           "PATH.tokens, PATH.vocab or vocab.txt")
 

@@ -32,6 +32,8 @@ class DataConfig:
     channels: typing.Optional[int] = None  # folder: 1 (grey) or 3 (RGB); None: 1 if every image is grey, else 3
     layer: typing.Optional[str] = None  # h5ad: the layer to train on (e.g. counts); None: X
     label_key: typing.Optional[str] = None  # h5ad: the obs column of class labels (shown in figures); None: no labels
+    batch_key: typing.Optional[str] = None  # h5ad: the obs column of each cell's batch, a covariate of the decoder; None: none
+    stream: bool = False  # npy, npz, h5ad: read the data from disk a minibatch at a time (bounded memory)
     val_fraction: typing.Optional[float] = None  # held out of the training set by the run's seed; None: no validation
 
 
@@ -146,15 +148,22 @@ PRECISION = ("32", "bf16-mixed", "16-mixed")
 THETA = ("ml", "map", "vb")
 CHOICES = {"binarize": BINARIZE, "on_nan": ON_NAN, "split": SPLITS, "precision": PRECISION, "theta": THETA}  # fixed choices (registered names are checked by their registry)
 HELP = {  # the flags' help lines, where the name alone could mislead
-    "dataset": "a registered dataset ('aevb datasets' lists them), npz:PATH, folder:PATH (PNG/JPEG files, one "
-               "sub-folder per class), h5ad:PATH (AnnData; pip install aevb[anndata]) or ldac:PATH (bags of words "
-               "in LDA-C, the vocabulary beside it) (default mnist)",
-    "test_fraction": "data without a test split (folder: without a test/ folder, h5ad:, ldac:, frey-face, reuters): "
-                     "the fraction held out as the test set, the same examples in every run (default 0.1)",
+    "dataset": "a registered dataset ('aevb datasets' lists them), npz:PATH (a file or a folder of shards), "
+               "npy:PATH (one array, no labels), folder:PATH (PNG/JPEG files, one sub-folder per class), h5ad:PATH "
+               "(AnnData; pip install aevb[anndata]) or ldac:PATH (bags of words in LDA-C, the vocabulary beside it) "
+               "(default mnist)",
+    "test_fraction": "data without a test split (folder: without a test/ folder, h5ad:, npy:, ldac:, frey-face, "
+                     "reuters): the fraction held out as the test set, the same examples in every run (default 0.1)",
     "image_size": "folder: resize every image to H W (one value: square); needed where the images differ in size",
     "channels": "folder: 1 (grey) or 3 (RGB); default 1 where every image is grey, else 3",
     "layer": "h5ad: the layer to train on (e.g. counts; default X)",
     "label_key": "h5ad: the obs column of class labels, shown in the figures and report (default none)",
+    "batch_key": "h5ad: the obs column of each cell's batch: its one-hot joins z at the decoder's input, as in scVI, "
+                 "and --likelihood-dispersion feature-batch gives the negative binomials a dispersion per gene and "
+                 "batch (default none)",
+    "stream": "read the training and test data from disk a minibatch at a time, in bounded memory: npy:PATH and "
+              "npz:PATH memory-mapped (arrays saved by numpy.save / numpy.savez, not savez_compressed), h5ad:PATH "
+              "through anndata's on-disk datasets; the same seed gives the same results as in memory",
     "binarize": "pixels drawn from Bernoulli(grey level): none (default); dynamic (the training set afresh in every "
                 "batch, the test set once, as in Burda et al. 2015); static (both once, by aevb's fixed seed: on mnist "
                 "a fixed binarisation of our MNIST, NOT the Larochelle & Murray set of the papers' 'static' numbers; "

@@ -21,7 +21,7 @@ from .inference.hmc_likelihood import hmc_log_likelihood
 from .inference.importance import MIN_DIAGNOSED_K, ImportanceEstimate, diagnose_weights, estimate, summary
 from .inference.importance import warning as importance_warning
 from .memory import DEFAULT_MAX_MEMORY, PassCost, chunk_sizes, pass_budget, pass_cost
-from .models import ClassLatent, Classifier, reported_terms
+from .models import ClassLatent, Classifier, conditioned, reported_terms
 from .objectives import Estimator
 from .precision import evaluated_in
 
@@ -121,14 +121,16 @@ def importance_sampled(model, x: torch.Tensor, k: int, max_memory: int = DEFAULT
 
 
 @torch.no_grad()
-def elbo_terms(model, x: torch.Tensor, estimator: Estimator, batch_size: int = 1000) -> dict[str, float]:
+def elbo_terms(model, x: torch.Tensor, estimator: Estimator, batch_size: int = 1000,
+               s: torch.Tensor | None = None) -> dict[str, float]:
     """Means over x of the bound's terms under ``estimator``: the ELBO, its reconstruction term, its
-    KL, and the KL of the class where the model has a latent class (``reported_terms``)."""
+    KL, and the KL of the class where the model has a latent class (``reported_terms``); ``s``: the
+    batch of each datapoint, for a model conditioned on it (``models.conditioned``)."""
     model.eval()
     names = reported_terms(model)
     sums = torch.zeros(len(names), dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch_size):
-        t = model.elbo(x[i:i + batch_size], estimator)
+        t = conditioned(model, None if s is None else s[i:i + batch_size]).elbo(x[i:i + batch_size], estimator)
         sums += torch.stack([getattr(t, name).sum() for name in names]).double()
     return dict(zip(names, (sums / len(x)).tolist()))
 

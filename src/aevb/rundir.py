@@ -85,8 +85,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def default_path(cfg: Config) -> Path:
-    name = re.sub(r"^(npz|folder|h5ad):", "", cfg.data.dataset).strip("/").replace("/", "_")
-    name = re.sub(r"\.(npz|h5ad)$", "", name)
+    name = re.sub(r"^(npz|npy|folder|h5ad):", "", cfg.data.dataset).strip("/").replace("/", "_")
+    name = re.sub(r"\.(npz|npy|h5ad)$", "", name)
     return Path("runs") / f"{cfg.model.model}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -109,13 +109,17 @@ def is_run(path: Path) -> bool:
     return (path / CONFIG).is_file()
 
 
-def write_config(path: Path, cfg: Config, x_shape, source: str, n_classes, validation: dict | None = None) -> None:
+def write_config(path: Path, cfg: Config, x_shape, source: str, n_classes, validation: dict | None = None,
+                 batches: tuple[str, ...] | None = None) -> None:
     """config.json: cfg and the run's metadata; ``validation`` (data.hold_out's record) where a
-    validation set was held out, so that it can be drawn again."""
+    validation set was held out, so that it can be drawn again; ``batches``, the names of the batches a
+    model conditioned on them (--batch-key) knows, in the order of their codes."""
     meta = {"x_shape": list(x_shape), "data_source": source, "n_classes": n_classes,
             "versions": {"aevb": __version__, "torch": torch.__version__, "python": platform.python_version()}}
     if validation is not None:
         meta["validation"] = validation
+    if batches is not None:
+        meta["batches"] = list(batches)
     write_text(path / CONFIG, json.dumps({**cfg.to_dict(), "run": meta}, indent=2) + "\n")
 
 

@@ -1,6 +1,7 @@
-"""The one training loop, for every model and algorithm: data lives in one tensor on the device,
-batches are index slices of a random permutation, metrics are accumulated on the device and read
-once per epoch. What one step does belongs to the training algorithm (``aevb.algorithms``)."""
+"""The one training loop, for every model and algorithm: data lives in one tensor on the device (or in
+``Rows`` read a batch at a time: ``aevb.data.streaming``), batches are index slices of a random
+permutation, metrics are accumulated on the device and read once per epoch. What one step does belongs
+to the training algorithm (``aevb.algorithms``)."""
 from __future__ import annotations
 
 import copy
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from . import rundir
 from .algorithms import ALGORITHMS, default_algorithm
 from .config import Config
-from .data import Dataset, check_dataset, hold_out, load_dataset
+from .data import Dataset, check_dataset, chunks, hold_out, load_dataset
 from .distributed import epoch_seed, join, leave
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
@@ -112,19 +113,19 @@ class Trainer:
         if t.batch_size < self.group.world:
             raise ConfigError(f"--batch-size {t.batch_size} is the global batch and cannot be split over "
                               f"{self.group.world} processes; raise it to at least {self.group.world}")
-        self.model = build_model(cfg.model, data.x_shape, data.n_classes)
-        self.model.check_support(data.train_x, "the training data")
-        self.model.check_support(data.test_x, "the test data")
+        self.model = build_model(cfg.model, data.x_shape, data.n_classes, data.n_batches)
+        for x, what in ((data.train_x, "the training data"), (data.test_x, "the test data")):
+            for part in chunks(x):  # streamed data: one pass over the file, a chunk at a time
+                self.model.check_support(part, what)
         self.model.to(self.device)
         self.optimizer = OPTIMIZERS[t.optimizer](self.model.parameters(), lr=t.lr, **optimizer_options(t))
         self.schedule = LR_SCHEDULES[t.lr_schedule](self.optimizer, t)
         t.algorithm = t.algorithm or default_algorithm(self.model)
         self.algorithm = ALGORITHMS[t.algorithm](cfg, self.model, self.optimizer, data, self.device, self.group)
         self.warnings = [w for w in (check_precision(t.precision, self.device),) if w] + self.algorithm.warnings
-        self.x_test = data.test_x.to(self.device)
-        self.y_test = None if data.test_y is None else data.test_y.to(self.device)
-        self.x_val = None if data.val_x is None else data.val_x.to(self.device)
-        self.y_val = None if data.val_y is None else data.val_y.to(self.device)
+        self.x_test, self.y_test, self.s_test, self.x_val, self.y_val, self.s_val = (
+            None if t is None else t.to(self.device)
+            for t in (data.test_x, data.test_y, data.test_s, data.val_x, data.val_y, data.val_s))
         self.steps = math.ceil(self.algorithm.n / t.batch_size)
 
     def permutation(self, epoch: int) -> torch.Tensor:
@@ -165,7 +166,7 @@ class Trainer:
 
     def test(self) -> dict[str, float]:
         """The algorithm's test metrics (the mean test ELBO terms under the training estimator, ...)."""
-        out = self.algorithm.test(self.x_test, self.y_test)
+        out = self.algorithm.test(self.x_test, self.y_test, self.s_test)
         self.model.train()
         return out
 
@@ -174,7 +175,7 @@ class Trainer:
         torchrun, rank 0's, so that every rank takes the same early-stopping decision."""
         if self.x_val is None:
             return {}
-        out = self.algorithm.test(self.x_val, self.y_val)
+        out = self.algorithm.test(self.x_val, self.y_val, self.s_val)
         self.model.train()
         return self.group.broadcast({"val_" + k.removeprefix("test_"): v for k, v in out.items()})
 
@@ -328,7 +329,7 @@ def _train(trainer: Trainer, data: Dataset, out, resume: bool, overwrite: bool, 
         start, rollbacks = 0, 0
     try:
         if not resume and group.main:
-            rundir.write_config(run, cfg, data.x_shape, data.source, data.n_classes, data.validation)
+            rundir.write_config(run, cfg, data.x_shape, data.source, data.n_classes, data.validation, data.batches)
         if not quiet:
             print(f"run directory: {run}", flush=True)
         with open_loggers(trainer, run, start) as log:

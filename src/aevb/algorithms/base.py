@@ -70,7 +70,8 @@ class _Loss(nn.Module):
 
 class Algorithm(ABC):
     """One training algorithm for ``model``. Subclasses set ``x`` (the training examples an epoch
-    passes over, on the device) and implement ``loss`` and ``step``; ``requires`` is the capability
+    passes over: a tensor on the device, or ``Rows`` that read each batch onto it, aevb.data.streaming)
+    and implement ``loss`` and ``step``; ``requires`` is the capability
     a model needs for it, ``requirement`` says it in words for the error. Under torchrun (``group``
     active) ``forward`` runs ``loss`` through DistributedDataParallel; ``skips_parameters`` says
     that some steps leave some parameters unused (DDP must then look for them). ``options`` are the
@@ -82,6 +83,7 @@ class Algorithm(ABC):
     requires: type = LatentModel
     requirement: str = "a latent-variable model"
     skips_parameters: bool = False
+    takes_batches: bool = False  # passes each datapoint's batch s (--batch-key) to the model
     options: tuple[str, ...] = ()
 
     def __init__(self, cfg: Config, model: LatentModel, optimizer: torch.optim.Optimizer, data: Dataset,
@@ -90,6 +92,10 @@ class Algorithm(ABC):
         if not isinstance(model, self.requires):
             raise ConfigError(f"--algorithm {self.registered_name} trains {self.requirement}; "
                               f"{cfg.model.model} is not one")
+        if data.train_s is not None and not self.takes_batches:
+            raise ConfigError(f"--batch-key conditions the decoder on each datapoint's batch, which --algorithm "
+                              f"{self.registered_name} does not pass to the model: train with --algorithm sgvb, or "
+                              "drop --batch-key")
         if t.beta_y is not None and not isinstance(model, ClassLatent):
             raise ConfigError(f"--beta-y weighs the KL of M2's class y; {cfg.model.model} has none (use --model m2)")
         refuse_foreign_options(t, self.registered_name, self.options)
@@ -208,10 +214,10 @@ class Algorithm(ABC):
         if state:
             raise ValueError(f"unexpected algorithm state {sorted(state)}")
 
-    def test(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+    def test(self, x: torch.Tensor, y: torch.Tensor | None, s: torch.Tensor | None = None) -> dict[str, float]:
         """Test metrics in fp32 whatever the training precision: the mean bound terms under the
-        training estimator (β = 1)."""
+        training estimator (β = 1), given the batch s of each datapoint where the data have one."""
         t = self.cfg.train
         with self.precision.full():
-            terms = elbo_terms(self.model, x, Estimator(t.estimator, t.samples), t.eval_batch_size)
+            terms = elbo_terms(self.model, x, Estimator(t.estimator, t.samples), t.eval_batch_size, s)
         return {f"test_{name}": v for name, v in terms.items()}

@@ -105,7 +105,7 @@ class MCEM(Algorithm):
                  "train_accept": self.accept.item() / (self.n * self.cfg.train.hmc_steps),
                  "train_step_size": self.step_size.mean().item()} | self.update_metrics())
 
-    def test(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+    def test(self, x: torch.Tensor, y: torch.Tensor | None, s: torch.Tensor | None = None) -> dict[str, float]:
         """None: the ELBO of the untrained encoder would be a valid bound on log p(x) but says nothing of
         the model, and an honest log p(x) (the estimator of appendix D, ``aevb evaluate --hmc-likelihood``)
         costs far more than an epoch."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data import balanced_labels
+from ..data import balanced_labels, select
 from ..distributed import Group
 from ..errors import ConfigError
 from ..models import Classifier
@@ -63,7 +63,7 @@ class SemiSupervised(Algorithm):
         self.x_labelled = data.train_x[labelled].to(device)
         self.y_labelled = data.train_y[labelled].to(device)
         self.has_unlabelled = bool(unlabelled.any())
-        self.x = data.train_x[unlabelled].to(device) if self.has_unlabelled else self.x_labelled
+        self.x = select(data.train_x, unlabelled.nonzero().flatten()).to(device) if self.has_unlabelled else self.x_labelled
         self.alpha = model.default_alpha if t.alpha is None else t.alpha
         self.labelled_share = len(labelled) / len(data.train_x) if t.labelled_weight is None else t.labelled_weight
         self.labelled_batch = min(t.labelled_batch_size or t.batch_size, len(labelled))
@@ -106,9 +106,9 @@ class SemiSupervised(Algorithm):
         nll = self.group.all_sum(torch.stack([self.class_nll, torch.tensor(float(self.class_steps), device=self.device)]))
         return super().end_epoch() | {"train_class_nll": nll[0].item() / max(nll[1].item(), 1)}
 
-    def test(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+    def test(self, x: torch.Tensor, y: torch.Tensor | None, s: torch.Tensor | None = None) -> dict[str, float]:
         """The bound terms, and the accuracy of the classifier where the test labels are known."""
-        out = super().test(x, y)
+        out = super().test(x, y, s)
         if y is not None:
             with self.precision.full():
                 predicted = self.model.predict(x, self.cfg.train.eval_batch_size)

@@ -11,7 +11,7 @@ import torch
 
 from ..distributed import Group
 from ..errors import ConfigError
-from ..models import ClassLatent
+from ..models import ClassLatent, conditioned
 from ..objectives import ELBOTerms, Estimator, factorises
 from .base import ALGORITHMS, Algorithm
 
@@ -50,18 +50,23 @@ def check_free_bits(cfg, model, data) -> None:
 class SGVB(Algorithm):
     """Minimise -mean_i objective(x_i) over minibatches of every training example."""
 
+    takes_batches = True
+
     def __init__(self, cfg, model, optimizer, data, device, group=Group()):
         super().__init__(cfg, model, optimizer, data, device, group)
         refuse_semi_supervised_options(cfg, "sgvb")
         if cfg.train.free_bits is not None:
             check_free_bits(cfg, model, data)
         self.x = data.train_x.to(device)
+        self.s = None if data.train_s is None else data.train_s.to(device)
 
-    def loss(self, x: torch.Tensor, estimator: Estimator) -> tuple[torch.Tensor, ELBOTerms]:
-        terms = self.model.elbo(x, estimator)
+    def loss(self, x: torch.Tensor, estimator: Estimator, s: torch.Tensor | None = None) -> tuple[torch.Tensor, ELBOTerms]:
+        """-mean objective of a minibatch x, given the batch s of each datapoint where the data have one."""
+        terms = conditioned(self.model, s).elbo(x, estimator)
         return -terms.objective.mean(), terms
 
     def step(self, idx: torch.Tensor, step: int, progress: float) -> None:
-        loss, terms = self.forward(self.binarize(self.x[idx]), self.estimator_at(progress))
+        s = None if self.s is None else self.s[idx]
+        loss, terms = self.forward(self.binarize(self.x[idx]), self.estimator_at(progress), s)
         self.update(loss)
         self.accumulate(terms)

@@ -34,7 +34,7 @@ from ..registry import did_you_mean
 from .likelihoods import LIKELIHOODS, Likelihood
 
 LIBRARY_SIZES = ("observed", "none")
-DISPERSIONS = ("feature", "shared", "predicted")
+DISPERSIONS = ("feature", "shared", "predicted", "feature-batch")
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> str:
@@ -174,11 +174,14 @@ class _MeanCountLikelihood(CountLikelihood):
     def n_heads(self) -> int:
         return 1 + self.extra_heads
 
-    def forward(self, h: torch.Tensor, library: torch.Tensor | float | None = None) -> Distribution:
+    def forward(self, h: torch.Tensor, library: torch.Tensor | float | None = None,
+                s: torch.Tensor | None = None) -> Distribution:
         """p(x|z) from the decoder's output h (..., n_heads · C, ...). Under ``observed``, ``library`` is the
         library size (a number, or one per datapoint of h's batch shape) of the mean, samples and
-        ``base_dist``, by default the training mean; log_prob(x) always takes x's own."""
+        ``base_dist``, by default the training mean; log_prob(x) always takes x's own. ``s``: the batch of each
+        datapoint, for the parameters per batch (``batch_heads``)."""
         head, *heads = h.chunk(self.n_heads, dim=-len(self.x_shape))
+        heads += self.batch_heads(s)
         if self.library_size == "none":
             return self._event(self.family(head, *heads))
         log_proportions = head - head.logsumexp(tuple(range(-len(self.x_shape), 0)), keepdim=True)
@@ -186,6 +189,10 @@ class _MeanCountLikelihood(CountLikelihood):
         log_library = library.log().reshape(*library.shape, *(1,) * len(self.x_shape))
         return ObservedLibrary(lambda log_l: self.family(log_l + log_proportions, *heads), log_library,
                                len(self.x_shape), self._observe)
+
+    def batch_heads(self, s: torch.Tensor | None) -> list[torch.Tensor]:
+        """Parameters of each datapoint's batch s, passed to ``family`` after the decoder's heads (none here)."""
+        return []
 
     def _observe(self, library: torch.Tensor) -> None:
         """Fold the library sizes of a training batch into the running mean l̄ (training mode only)."""
@@ -214,23 +221,37 @@ class PoissonLikelihood(_MeanCountLikelihood):
 class _Dispersed(_MeanCountLikelihood):
     """Negative binomials in scVI's parameterisation, mean μ and inverse dispersion θ (Var = μ + μ²/θ), as
     torch's NegativeBinomial(total_count = θ, logits = log μ - log θ). ``dispersion``: θ learned per feature
-    (``feature``, scVI's 'gene'), one learned θ (``shared``), or a last decoder head log θ per datapoint and
-    feature (``predicted``, scVI's 'gene-cell'); a learned log θ starts at 0."""
+    (``feature``, scVI's 'gene'), one learned θ (``shared``), a last decoder head log θ per datapoint and
+    feature (``predicted``, scVI's 'gene-cell'), or θ learned per feature and batch s of the ``n_batches``
+    (``feature-batch``, scVI's 'gene-batch': log θ_s is row s of a table, looked up by each datapoint's s);
+    a learned log θ starts at 0."""
 
     options = ("library_size", "likelihood_dispersion")
+    batch_parameters = True
 
-    def __init__(self, x_shape, library_size: str = "observed", dispersion: str = "feature"):
+    def __init__(self, x_shape, library_size: str = "observed", dispersion: str = "feature", n_batches: int = 0):
         super().__init__(x_shape, library_size)
         self.dispersion = _choice("likelihood_dispersion", dispersion, DISPERSIONS)
+        if dispersion == "feature-batch" and not n_batches:
+            raise ConfigError("--likelihood-dispersion feature-batch learns θ per gene and batch, and the data have "
+                              "no batches: add --batch-key (h5ad data), or choose feature")
         if dispersion != "predicted":
-            self.log_theta = nn.Parameter(torch.zeros(self.x_shape if dispersion == "feature" else ()))
+            shape = {"feature": self.x_shape, "shared": (), "feature-batch": (n_batches, *self.x_shape)}[dispersion]
+            self.log_theta = nn.Parameter(torch.zeros(shape))
 
     @property
     def n_heads(self) -> int:
         return super().n_heads + (self.dispersion == "predicted")
 
+    def batch_heads(self, s):
+        if self.dispersion != "feature-batch":
+            return []
+        if s is None:
+            raise ValueError("a dispersion per batch needs the batch s of each datapoint")
+        return [self.log_theta[s]]
+
     def _log_theta(self, heads) -> torch.Tensor:
-        return heads[-1] if self.dispersion == "predicted" else self.log_theta
+        return heads[-1] if self.dispersion in ("predicted", "feature-batch") else self.log_theta
 
 
 @LIKELIHOODS.register("negative_binomial")

@@ -39,15 +39,17 @@ class Likelihood(nn.Module):
 
     support: tuple[float, float] | None = None
     options: tuple[str, ...] = ()
+    batch_parameters = False  # has parameters per batch of a covariate s: built with n_batches, forward(h, s=s)
 
     def __init__(self, x_shape: tuple[int, ...]):
         super().__init__()
         self.x_shape = tuple(x_shape)
 
     @classmethod
-    def from_config(cls, cfg, x_shape) -> "Likelihood":
-        """The likelihood with its ``options`` read from cfg; a ConfigError where cfg sets an option
-        that this likelihood does not take (it would be silently ignored)."""
+    def from_config(cls, cfg, x_shape, n_batches: int = 0) -> "Likelihood":
+        """The likelihood with its ``options`` read from cfg (and ``n_batches``, the batches of the data, where it
+        has ``batch_parameters``); a ConfigError where cfg sets an option that this likelihood does not take
+        (it would be silently ignored)."""
         defaults = ModelConfig()
         for option in OPTIONS:
             if option not in cls.options and getattr(cfg, option) != getattr(defaults, option):
@@ -55,7 +57,8 @@ class Likelihood(nn.Module):
                 flags = [f"--{o.replace('_', '-')}" for o in OPTIONS if _takers(o) == takers]
                 raise ConfigError(f"{_listed(flags)} appl{'y' if len(flags) > 1 else 'ies'} to {_listed(takers)}, "
                                   f"not {cls.registered_name}")
-        return cls(x_shape, *(getattr(cfg, option) for option in cls.options))
+        return cls(x_shape, *(getattr(cfg, option) for option in cls.options),
+                   **({"n_batches": n_batches} if cls.batch_parameters else {}))
 
     @property
     def n_heads(self) -> int:

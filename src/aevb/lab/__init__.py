@@ -5,6 +5,6 @@ it writes ``lab-<name>.png`` into out_dir and returns its key figures as a table
 Importing this package registers all of them.
 """
 from .base import LABS, Result
-from . import elbo_gap, em, gradient_estimators, kl_directions, naive_mc, reparam_families  # noqa: F401  (register)
+from . import elbo_gap, em, gradient_estimators, kl_directions, naive_mc, online_drift, reparam_families  # noqa: F401  (register)
 
 __all__ = ["LABS", "Result"]

@@ -180,6 +180,12 @@ class ClassLatent(Classifier):
         """Each input's style decoded with every class, shape (N, n_classes, *x_shape)."""
 
 
+def conditioned(model: LatentModel, s: torch.Tensor | None):
+    """The model for datapoints of known batches s (``model.given(s)``, a VAE trained with --batch-key), or the
+    model itself where s is None: what the estimators and ``elbo`` are applied to."""
+    return model if s is None else model.given(s)
+
+
 def reported_terms(model: LatentModel) -> tuple[str, ...]:
     """The ELBOTerms fields that describe a model's bound: elbo, log_px_z and kl, and kl_y where
     the model has a latent class (for others it is zero)."""

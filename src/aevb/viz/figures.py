@@ -167,13 +167,13 @@ class Subject:
 def load_test_split(run: str | Path, n: int | None = None):
     """The first n test images of a run's dataset (all where n is None), their labels (or None) and
     the names of the classes (or None)."""
-    from ..data import load_dataset
+    from ..data import in_memory, load_dataset
 
     cfg, _ = rundir.read_config(Path(run))
     cfg.data.test_size = n
     cfg.data.train_size = 1
     data = load_dataset(cfg.data)
-    return data.test_x, data.test_y, data.classes
+    return in_memory(data.test_x), data.test_y, data.classes
 
 
 def subject(model_or_run, x=None, y=None, test_size: int | None = None, device="cpu") -> Subject:
