@@ -68,20 +68,23 @@ def test_plane_points_and_decoded_grid(latent_dim):
             np.testing.assert_array_equal(pixels(uri), np.rint(255 * s.x[k, 0].numpy()))
 
 
-def test_without_plotly_one_line_says_how_to_get_it(monkeypatch):
-    monkeypatch.setitem(sys.modules, "plotly", None)  # import plotly.io now raises ImportError
-    monkeypatch.setitem(sys.modules, "plotly.io", None)
-    assert explorer_html(subject(3)) == (f'<p class="note">The interactive latent explorer needs Plotly: '
-                                         f"<code>{INSTALL}</code>.</p>")
-    assert "at least two latent dimensions" in explorer_html(subject(1))
-
-
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("explorer") / "digits"
     assert main(["train", "--dataset", "digits", "--out", str(run), "--hidden", "64", "--latent-dim", "3",
                  "--epochs", "4", "--batch-size", "32", "--quiet"]) == 0
     return run
+
+
+def test_without_plotly_the_report_says_how_to_get_it_in_one_line(digits_run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "plotly", None)  # import plotly.io now raises ImportError
+    monkeypatch.setitem(sys.modules, "plotly.io", None)
+    note = f'<p class="note">The interactive latent explorer needs Plotly: <code>{INSTALL}</code>.</p>'
+    assert explorer_html(subject(3)) == note
+    assert main(["report", str(digits_run), "--out", str(digits_run / "plain.html")]) == 0
+    page = (digits_run / "plain.html").read_text()
+    assert note in page and "explorer-plot" not in page and page.count('<img src="data:image/png') == 8  # every figure
+    assert "at least two latent dimensions" in explorer_html(subject(1))
 
 
 SHOWN = """const img = document.getElementById(arguments[0]);
