@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from matplotlib.colors import to_hex
 from PIL import Image
 
 from ..evaluate import posterior_means
@@ -93,27 +94,29 @@ def explorer_figure(s: Subject, max_points: int = MAX_POINTS, grid: int = GRID):
     model, device = s.model, _device(s.model)
     x = s.data("the latent explorer")[:max_points]
     p = plane(posterior_means(model, x.to(device)).cpu().double().numpy())
-    lo, hi = p.xy.min(0), p.xy.max(0)
+    lo = p.xy.min(0)
+    hi = np.maximum(p.xy.max(0), lo + 1e-6)  # a plane, however collapsed the means
     gx, gy = (np.linspace(lo[k], hi[k], grid) for k in (0, 1))
     lattice = np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2)  # row by row, y outer
     z = torch.as_tensor(p.to_latent(lattice), dtype=torch.float32, device=device)
     decoded = as_images(model.decode(z).mean, s.x_shape).cpu().numpy()
     cells = np.array([png_uri(image) for image in decoded], dtype=object).reshape(grid, grid)
-    fig = go.Figure(go.Heatmap(x=gx.tolist(), y=gy.tolist(), z=np.zeros((grid, grid)).tolist(), customdata=cells.tolist(),
-                               opacity=0, showscale=False, hoverinfo="none", name="decoded"))
+    fig = go.Figure(go.Heatmap(x=gx.tolist(), y=gy.tolist(), z=np.zeros((grid, grid)).tolist(),
+                               customdata=cells.tolist(), opacity=0, showscale=False, hoverinfo="none", name="decoded"))
     images = [png_uri(image) for image in as_images(x, s.x_shape).cpu().numpy()]
     labels = None if s.y is None else s.y[:len(x)].cpu().numpy()
-    groups = [(None, np.arange(len(x)))] if labels is None else [(c, np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    groups = ([(None, np.arange(len(x)))] if labels is None
+              else [(c, np.flatnonzero(labels == c)) for c in np.unique(labels)])
     colors = [None] if labels is None else _class_colors(np.unique(labels))
     for (label, idx), color in zip(groups, colors):
         name = "test images" if label is None else s.class_name(label)
         text = [f"test image {i}" + ("" if label is None else f", label {name}") for i in idx]
-        marker = dict(size=5, opacity=0.75) | ({} if color is None else {"color": "rgb({:.0f},{:.0f},{:.0f})".format(
-            *(255 * np.array(color[:3])))})
+        marker = dict(size=5, opacity=0.75) | ({} if color is None else {"color": to_hex(color)})
         fig.add_trace(go.Scatter(x=p.xy[idx, 0].tolist(), y=p.xy[idx, 1].tolist(), mode="markers", name=name, text=text,
                                  customdata=[images[i] for i in idx], marker=marker, hovertemplate="%{text}<extra></extra>"))
     fig.update_layout(height=560, margin=dict(l=60, r=20, t=30, b=50), hovermode="closest", plot_bgcolor="#fafafa",
-                      legend=dict(title="label"), xaxis=dict(title=p.axes[0], range=edges(gx), zeroline=False),
+                      showlegend=labels is not None, legend=dict(title="label"),
+                      xaxis=dict(title=p.axes[0], range=edges(gx), zeroline=False),
                       yaxis=dict(title=p.axes[1], range=edges(gy), zeroline=False))
     return fig, p, len(x)
 
