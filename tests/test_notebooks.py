@@ -14,7 +14,7 @@ nbclient = pytest.importorskip("nbclient", reason="the notebooks run with pip in
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-FIGURES = {"applications": 3, "lab": 6, "quickstart": 3, "semi_supervised": 1}  # images each shows (inline matplotlib, PNGs)
+FIGURES = {"applications": 3, "lab": 6, "quickstart": 3, "semi_supervised": 1}  # PNG images each shows
 
 
 def test_the_notebooks_are_there_stored_without_outputs_and_linked_from_the_readme():
@@ -25,7 +25,7 @@ def test_the_notebooks_are_there_stored_without_outputs_and_linked_from_the_read
         nbformat.validate(nb)
         for cell in nb.cells:
             if cell.cell_type == "code":
-                assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: clear the outputs before committing"
+                assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: clear its outputs"
         assert f"(notebooks/{path.name})" in readme, f"the README does not link {path.name}"
 
 
@@ -38,7 +38,8 @@ def executed(tmp_path_factory) -> dict:
     async def execute(path: Path):
         nb = nbformat.read(path, as_version=4)
         folder = tmp_path_factory.mktemp(path.stem)
-        client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}})
+        client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                         resources={"metadata": {"path": str(folder)}})
         try:
             await client.async_execute()
         except nbclient.exceptions.CellExecutionError as e:

@@ -33,7 +33,8 @@ const gd = document.getElementById("{plot_id}"), grid = gd.data[0];
 const show = (id, src, caption) => {  // looked up at the event: the images follow the plot in the page
     const img = document.getElementById(id); img.src = src; img.nextElementSibling.textContent = caption; };
 const cell = (v, c) => Math.min(c.length - 1, Math.max(0, Math.round((v - c[0]) / (c[1] - c[0]))));
-gd.on("plotly_hover", e => { const p = e.points[0]; if (p.curveNumber > 0) show("explorer-hovered", p.customdata, p.text); });
+gd.on("plotly_hover", e => { const p = e.points[0];  // trace 0 is the grid, the others the test images
+    if (p.curveNumber > 0) show("explorer-hovered", p.customdata, p.text); });
 gd.on("plotly_click", e => { const i = cell(e.points[0].y, grid.y), j = cell(e.points[0].x, grid.x);
     show("explorer-decoded", grid.customdata[i][j], `decoded at (${grid.x[j].toFixed(2)}, ${grid.y[i].toFixed(2)})`); });
 """
@@ -112,8 +113,9 @@ def explorer_figure(s: Subject, max_points: int = MAX_POINTS, grid: int = GRID):
         name = "test images" if label is None else s.class_name(label)
         text = [f"test image {i}" + ("" if label is None else f", label {name}") for i in idx]
         marker = dict(size=5, opacity=0.75) | ({} if color is None else {"color": to_hex(color)})
-        fig.add_trace(go.Scatter(x=p.xy[idx, 0].tolist(), y=p.xy[idx, 1].tolist(), mode="markers", name=name, text=text,
-                                 customdata=[images[i] for i in idx], marker=marker, hovertemplate="%{text}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=p.xy[idx, 0].tolist(), y=p.xy[idx, 1].tolist(), mode="markers", name=name,
+                                 text=text, customdata=[images[i] for i in idx], marker=marker,
+                                 hovertemplate="%{text}<extra></extra>"))
     fig.update_layout(height=560, margin=dict(l=60, r=20, t=30, b=50), hovermode="closest", plot_bgcolor="#fafafa",
                       showlegend=labels is not None, legend=dict(title="label"),
                       xaxis=dict(title=p.axes[0], range=edges(gx), zeroline=False),
