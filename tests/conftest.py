@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+pytest_plugins = ("browser",)  # tests/browser.py: the ``browser`` fixture, headless Chromium over WebDriver
+
 
 @pytest.fixture
 def torch_seed():

@@ -242,6 +242,14 @@ def test_label_selection_is_balanced_and_reproducible(n):
     assert torch.equal(balanced_labels(y, None, seed=4), torch.arange(2000))
 
 
+def test_label_selection_leaves_unlabelled_examples_out():
+    """UNLABELLED (-1, scikit-learn's mark, as aevb.sklearn.VAEClassifier passes it) is never a label."""
+    y = torch.from_numpy(np.random.default_rng(0).integers(-1, 3, 300))
+    assert torch.equal(balanced_labels(y, None, seed=0), torch.nonzero(y >= 0).flatten())
+    idx = balanced_labels(y, 30, seed=0)
+    assert torch.bincount(y[idx], minlength=3).tolist() == [10, 10, 10]
+
+
 def test_label_selection_refuses_what_cannot_be_balanced():
     y = torch.tensor([0] * 50 + [1] * 3)
     with pytest.raises(ConfigError, match="use a multiple of 2"):

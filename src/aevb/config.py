@@ -6,6 +6,7 @@ against the dataclass fields, with a 'did you mean' for a mistyped one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import tomllib
@@ -202,8 +203,9 @@ HELP = {  # the flags' help lines, where the name alone could mislead
 }
 
 
+@functools.cache  # typing.get_type_hints compiles every annotation: 0.2 s per Config.from_dict uncached
 def field_types() -> dict[str, tuple[str, type]]:
-    """Every config key -> (section, type). Keys are unique across sections, so flags stay flat."""
+    """Every config key -> (section, type), read-only. Keys are unique across sections, so flags stay flat."""
     out = {}
     for section, klass in SECTIONS.items():
         for name, tp in typing.get_type_hints(klass).items():

@@ -26,6 +26,7 @@ from .streaming import Concatenated, Rows, as_float, chunks, in_memory, map_npy,
 BINARIZE_SEED = 0  # the one fixed draw for static binarisation and for the dynamic test set
 SPLIT_SEED = 0  # the one fixed permutation behind the 80/20 split and the test_fraction held out
 VALIDATION_BINARIZE_SEED = BINARIZE_SEED + 2  # the one draw of a dynamic validation set (+1 is static train's)
+UNLABELLED = -1  # the label of a training example whose class is unknown (scikit-learn's convention)
 
 
 @dataclass
@@ -278,15 +279,17 @@ def hold_out(ds: Dataset, fraction: float | None, seed: int) -> Dataset:
 
 
 def balanced_labels(y: torch.Tensor | None, n: int | None, seed: int) -> torch.Tensor:
-    """Indices of n labelled examples, n/K of each of the K classes, drawn by ``seed``
-    (all indices where n is None)."""
+    """Indices of n labelled examples, n/K of each of the K classes, drawn by ``seed`` (every example
+    with a known label where n is None; UNLABELLED marks an unknown one)."""
     if y is None:
         raise DataError("a semi-supervised model needs labels, and this training set has none; "
                         "use a labelled dataset (or y_train in your npz)")
-    if n is None or n == len(y):
+    if n is None:
+        return torch.nonzero(y != UNLABELLED).flatten()
+    if n == len(y):
         return torch.arange(len(y))
     k = int(y.max()) + 1
-    counts = torch.bincount(y, minlength=k)
+    counts = torch.bincount(y[y != UNLABELLED], minlength=k)
     if n % k:
         raise ConfigError(f"--labelled {n} cannot be split equally over {k} classes; use a multiple of {k}")
     if n > len(y) or counts.min() < n // k:

@@ -22,20 +22,18 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from torch.distributions import Independent, MultivariateNormal, Normal
 
-matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from torch.distributions import Independent, MultivariateNormal, Normal  # noqa: E402
-
-from .. import rundir  # noqa: E402
-from ..errors import DataError  # noqa: E402
-from ..evaluate import ACTIVE_THRESHOLD, activity, kl_per_dimension, on_simplex, posterior_means  # noqa: E402
-from ..models import ClassLatent, DecodesLatent  # noqa: E402
-from ..registry import Registry  # noqa: E402
-from .grid import image_grid, save_array, save_grid  # noqa: E402
+from .. import rundir
+from ..errors import DataError
+from ..evaluate import ACTIVE_THRESHOLD, activity, kl_per_dimension, on_simplex, posterior_means
+from ..models import ClassLatent, DecodesLatent
+from ..registry import Registry
+from .grid import image_grid, save_array, save_grid
 
 DPI = 100
 SIZES = {  # (width, height) in pixels of the matplotlib figures

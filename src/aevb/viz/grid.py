@@ -4,14 +4,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import matplotlib.image
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from ..rundir import atomic_write  # noqa: E402
+from ..rundir import atomic_write
 
 
 def image_grid(images: torch.Tensor, ncols: int | None = None, pad: int = 1) -> np.ndarray:
@@ -39,5 +36,5 @@ def save_array(array: np.ndarray, path: str | Path, scale: int = 2) -> Path:
     """Write a grid made by ``image_grid`` to a PNG, upscaled ``scale`` times with nearest neighbours; atomically."""
     path = Path(path)
     array = np.kron(array, np.ones((scale, scale) + (1,) * (array.ndim - 2)))
-    atomic_write(path, lambda p: plt.imsave(p, array, cmap="gray", vmin=0, vmax=1, format="png"))
+    atomic_write(path, lambda p: matplotlib.image.imsave(p, array, cmap="gray", vmin=0, vmax=1, format="png"))
     return path

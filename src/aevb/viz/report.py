@@ -1,5 +1,6 @@
-"""One self-contained HTML page per run: config, metrics, evaluation, diagnostics and every figure,
-the figures embedded as PNG data URIs so the page can be mailed or archived on its own."""
+"""One self-contained HTML page per run: config, metrics, evaluation, diagnostics, every figure and
+the interactive latent explorer, the figures embedded as PNG data URIs and the explorer's plotly.js
+inline so the page can be mailed or archived on its own and opens offline."""
 from __future__ import annotations
 
 import base64
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from .. import rundir
 from ..evaluate import ON_SIMPLEX, diagnostics
+from .explorer import explorer_html
 from .figures import FIGURES, Subject, draw_figures, load_test_split
 
 REPORT = "report.html"
@@ -215,6 +217,8 @@ in {time.perf_counter() - started:.1f} s.</p>
 {_metrics(records)}
 <h2>Figures</h2>
 {''.join(sections)}
+<h2>Latent explorer</h2>
+{explorer_html(subject)}
 <h2>Inpainting, denoising, super-resolution</h2>
 {_restorations(run)}
 <h2>Configuration</h2>
