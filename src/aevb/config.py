@@ -6,6 +6,7 @@ against the dataclass fields, with a 'did you mean' for a mistyped one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import tomllib
@@ -179,8 +180,10 @@ HELP = {  # the flags' help lines, where the name alone could mislead
 }
 
 
+@functools.cache
 def field_types() -> dict[str, tuple[str, type]]:
-    """Every config key -> (section, type). Keys are unique across sections, so flags stay flat."""
+    """Every config key -> (section, type). Keys are unique across sections, so flags stay flat.
+    Computed once (typing.get_type_hints is slow, and every key set asks); callers only read it."""
     out = {}
     for section, klass in SECTIONS.items():
         for name, tp in typing.get_type_hints(klass).items():
