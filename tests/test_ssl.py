@@ -462,6 +462,7 @@ def test_consistency_is_refused_for_a_model_without_a_classifier_of_reconstructi
         aevb.train(digits_cfg("m2", consistency=1.0), None, quiet=True)
 
 
+@pytest.mark.slow  # ~30 s: two experiments, one of them in two spawned processes
 def test_cifar10_runs_every_row_and_two_jobs_give_the_cells_of_one(tmp_path, monkeypatch, one_thread):
     """A CIFAR-10 tarball in the real format (python pickles, 20 images a batch, 2 per class): every
     row of the table, M1+M2 by an MLP on M1's features while the others use conv nets; and --jobs 2

@@ -365,6 +365,8 @@ def add_device_flag(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> Parser:
+    from .config import PRECISION
+
     parser = Parser(prog="aevb", description="Variational autoencoders by Auto-Encoding Variational Bayes.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
@@ -389,7 +391,7 @@ def build_parser() -> Parser:
     p.add_argument("--test-size", type=positive_int, help="evaluate on the first N test images only")
     p.add_argument("--checkpoint", choices=["last", "best"], default="last",
                    help="last (model.safetensors, default) or best (best.safetensors: the best validation ELBO)")
-    p.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32",
+    p.add_argument("--precision", choices=PRECISION, default="32",
                    help="the networks in bf16 or fp16 (16-mixed: CUDA), everything else fp32 (default 32: fp32 throughout)")
     add_device_flag(p)
     p.add_argument("--compile", action="store_true", help="compile the importance-sampling pass (torch.compile: "
@@ -492,7 +494,7 @@ def build_parser() -> Parser:
     p.add_argument("--epochs", type=positive_int, help="every model's epochs (default: each model's own, listed above)")
     p.add_argument("--jobs", type=positive_int, default=1, help="train models and compute cells in N processes at "
                    "once, each with cores/N torch threads (default 1: in this process)")
-    p.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32",
+    p.add_argument("--precision", choices=PRECISION, default="32",
                    help="the models' training precision (bf16-mixed: fast only on a CPU with native bf16; default 32)")
     p.add_argument("--train-size", type=positive_int, help="the first N training images only (quick runs)")
     p.add_argument("--test-size", type=positive_int, help="the first N test images only (quick runs)")
