@@ -93,6 +93,7 @@ class TrainConfig:
     nan_lr_factor: float = 0.1  # rollback multiplies the learning rate by this
     nan_retries: int = 3  # rollbacks allowed in one run before it stops anyway
     alpha: typing.Optional[float] = None  # weight of the mean classification loss per datapoint; None: the model's default
+    consistency: typing.Optional[float] = None  # pcvae: weight γ of the consistency term per datapoint; None: the model's default
     labelled_batch_size: typing.Optional[int] = None  # labelled examples per step; None: min(batch_size, labelled)
     labelled_weight: typing.Optional[float] = None  # weight of the labelled bound's mean, the unlabelled one's is 1 - it; None: N_l/N
     labelled_every: typing.Optional[int] = None  # a labelled step after every K unlabelled steps (Pyro's schedule); None: a labelled batch in every step
@@ -138,7 +139,7 @@ POSITIVE = {"train_size", "test_size", "latent_dim", "prior_components", "epochs
             "nan_retries", "labelled", "labelled_batch_size", "labelled_weight", "labelled_every",
             "theta_prior_scale", "latent_dim2", "optimizer_eps", "lr_step", "likelihood_trials", "log_images_every",
             "early_stopping", "grad_clip", "free_bits", "hmc_steps", "leapfrog_steps", "m_steps"}
-NON_NEGATIVE = {"beta", "beta_y", "warmup_epochs", "alpha", "lr_patience"}
+NON_NEGATIVE = {"beta", "beta_y", "warmup_epochs", "alpha", "consistency", "lr_patience"}
 AT_MOST_ONE = {"cycle_ratio": "(0, 1]", "labelled_weight": "(0, 1]"}  # fractions: upper bound inclusive
 BELOW_ONE = {"nan_lr_factor": "(0, 1)", "lr_gamma": "(0, 1)", "test_fraction": "(0, 1)",
              "val_fraction": "(0, 1)", "hmc_acceptance": "(0, 1)"}  # fractions: upper bound exclusive
@@ -198,14 +199,21 @@ HELP = {  # the flags' help lines, where the name alone could mislead
     "leapfrog_steps": "--algorithm mcem: leapfrog steps per HMC iteration (default 10, as Kingma & Welling 2013)",
     "hmc_acceptance": "--algorithm mcem: the acceptance rate each chain's step size adapts toward (default 0.9)",
     "m_steps": "--algorithm mcem: gradient steps on the decoder's θ per batch, on the same chain states (default 5)",
+    "alpha": "m2, pcvae: the weight of the labelled batch's mean cross-entropy per datapoint (Kingma et al. 2014's "
+             "α/N; the PC-VAE's λ·N_l/N, Hope et al. 2020); default: the model's (m2 0.1, the paper's; pcvae 1, "
+             "i.e. λ = N/N_l)",
+    "consistency": "pcvae: the weight γ per datapoint of Hope et al. 2020's consistency term, the cross-entropy of "
+                   "the classifier on each image's reconstruction against its label (unlabelled: against the "
+                   "prediction on the image); 0 turns it off (default 10)",
     "free_bits": "free bits λ (Kingma et al. 2016): in the training objective each latent dimension's minibatch-mean "
                  "KL is at least λ nats; the reported ELBO is unchanged (sgvb, estimators A/B/auto, factorised q, p)",
 }
 
 
-@functools.cache  # typing.get_type_hints compiles every annotation: 0.2 s per Config.from_dict uncached
+@functools.cache
 def field_types() -> dict[str, tuple[str, type]]:
-    """Every config key -> (section, type), read-only. Keys are unique across sections, so flags stay flat."""
+    """Every config key -> (section, type). Keys are unique across sections, so flags stay flat.
+    Computed once (typing.get_type_hints is slow, and every key set asks); callers only read it."""
     out = {}
     for section, klass in SECTIONS.items():
         for name, tp in typing.get_type_hints(klass).items():

@@ -1,8 +1,10 @@
 """Semi-supervised training of a model with a classifier (M2, the PC-VAE): each step takes a batch
 of unlabelled examples and one of labelled ones, from a balanced labelled set that the seed chooses.
 
-The loss is Kingma et al. 2014's J^α (eq. 9) per training example; with ``labelled_every`` K the
-labelled batch instead gets a step of its own before every K-th unlabelled one, as Pyro's SS-VAE does.
+The loss is Kingma et al. 2014's J^α (eq. 9) per training example, plus, for a model whose classifier
+reads its reconstructions (the PC-VAE), Hope et al. 2020's consistency term γ·C(x) over both batches;
+with ``labelled_every`` K the labelled batch instead gets a step of its own before every K-th
+unlabelled one, as Pyro's SS-VAE does.
 """
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import torch
 from ..data import balanced_labels, select
 from ..distributed import Group
 from ..errors import ConfigError
-from ..models import Classifier
+from ..models import Classifier, ConsistentClassifier
 from ..objectives import ELBOTerms, Estimator
 from .base import ALGORITHMS, Algorithm
 
 
 def semi_supervised_loss(model: Classifier, x_u, x_l, y_l, estimator: Estimator, alpha: float = 0.1,
-                         labelled_share: float = 1.0) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor | None]:
+                         labelled_share: float = 1.0, consistency: float = 0.0
+                         ) -> tuple[torch.Tensor, ELBOTerms, torch.Tensor | None]:
     """J^α = Σ_l L(x,y) + Σ_u U(x) + α E_l[log q(y|x)] with α = 0.1·N (Kingma et al. 2014, eq. 9),
     divided by the N training examples:
 
@@ -29,16 +32,22 @@ def semi_supervised_loss(model: Classifier, x_u, x_l, y_l, estimator: Estimator,
     L; the PC-VAE the plain ELBO for both and its latent classifier as q(y|x). Either batch may be
     None and its terms are dropped: ``x_u`` where every training example is labelled, and on the
     two kinds of step of an interleaved schedule (labelled_share 1 with ``x_u`` None, 0 with ``x_l``
-    None). Returns the loss, the terms of the unlabelled batch (of the labelled one without it) and
-    the mean of -log q(y|x) (None without a labelled batch)."""
+    None). ``consistency`` γ > 0 (a ``ConsistentClassifier``) adds γ times the consistency
+    cross-entropy C(x) weighted as the bounds are: + γ (N_l/N mean_l C(x, y) + N_u/N mean_u C(x)).
+    Returns the loss, the terms of the unlabelled batch (of the labelled one without it) and the
+    mean of -log q(y|x) (None without a labelled batch)."""
     loss, terms, class_nll = 0.0, None, None
     if x_l is not None:
         terms = model.labelled_elbo(x_l, y_l, estimator)
         class_nll = -model.class_log_prob(x_l, y_l).mean()
         loss = alpha * class_nll - labelled_share * terms.objective.mean()
+        if consistency:
+            loss = loss + consistency * labelled_share * model.consistency_nll(x_l, y_l).mean()
     if x_u is not None:
         terms = model.elbo(x_u, estimator)
         loss = loss - (1 - labelled_share) * terms.objective.mean()
+        if consistency:
+            loss = loss + consistency * (1 - labelled_share) * model.consistency_nll(x_u).mean()
     return loss, terms, class_nll
 
 
@@ -65,6 +74,11 @@ class SemiSupervised(Algorithm):
         self.has_unlabelled = bool(unlabelled.any())
         self.x = select(data.train_x, unlabelled.nonzero().flatten()).to(device) if self.has_unlabelled else self.x_labelled
         self.alpha = model.default_alpha if t.alpha is None else t.alpha
+        if t.consistency is not None and not isinstance(model, ConsistentClassifier):
+            raise ConfigError(f"--consistency holds a classifier's predictions on the model's reconstructions to the "
+                              f"label; {cfg.model.model} has no such classifier (use --model pcvae)")
+        self.consistency = (t.consistency if t.consistency is not None
+                            else model.default_consistency if isinstance(model, ConsistentClassifier) else 0.0)
         self.labelled_share = len(labelled) / len(data.train_x) if t.labelled_weight is None else t.labelled_weight
         self.labelled_batch = min(t.labelled_batch_size or t.batch_size, len(labelled))
         self.labelled_every = t.labelled_every if self.has_unlabelled else None
@@ -74,7 +88,7 @@ class SemiSupervised(Algorithm):
         return self.binarize(self.x_labelled[pick]), self.y_labelled[pick]
 
     def loss(self, x_u, x_l, y_l, estimator: Estimator, labelled_share: float):
-        return semi_supervised_loss(self.model, x_u, x_l, y_l, estimator, self.alpha, labelled_share)
+        return semi_supervised_loss(self.model, x_u, x_l, y_l, estimator, self.alpha, labelled_share, self.consistency)
 
     def _train_on(self, x_u, x_l, y_l, estimator: Estimator, labelled_share: float) -> ELBOTerms:
         loss, terms, class_nll = self.forward(x_u, x_l, y_l, estimator, labelled_share)

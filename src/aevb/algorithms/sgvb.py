@@ -17,7 +17,7 @@ from .base import ALGORITHMS, Algorithm
 
 SEMI_SUPERVISED_OPTIONS = {"labelled": "--labelled", "labelled_every": "--labelled-every",
                            "labelled_weight": "--labelled-weight", "labelled_batch_size": "--labelled-batch-size",
-                           "alpha": "--alpha"}
+                           "alpha": "--alpha", "consistency": "--consistency"}
 
 
 def refuse_semi_supervised_options(cfg, algorithm: str) -> None:

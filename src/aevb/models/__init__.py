@@ -8,15 +8,15 @@ from ..registry import Registry
 
 MODELS: Registry = Registry("model")
 
-from .base import ClassLatent, Classifier, DecodesLatent, LatentModel, conditioned, reported_terms  # noqa: E402
+from .base import ClassLatent, Classifier, ConsistentClassifier, DecodesLatent, LatentModel, conditioned, reported_terms  # noqa: E402
 from .vae import VAE, build_vae  # noqa: E402,F401  (registers "vae")
 from .m2 import M2  # noqa: E402,F401  (registers "m2")
 from .pcvae import PCVAE  # noqa: E402,F401  (registers "pcvae")
 from .hierarchical import Hierarchical  # noqa: E402,F401  (registers "hierarchical")
 from .theta import make_bayesian  # noqa: E402
 
-__all__ = ["MODELS", "Hierarchical", "M2", "PCVAE", "VAE", "ClassLatent", "Classifier", "DecodesLatent", "LatentModel", "build_model",
-           "conditioned", "reported_terms"]
+__all__ = ["MODELS", "Hierarchical", "M2", "PCVAE", "VAE", "ClassLatent", "Classifier", "ConsistentClassifier", "DecodesLatent",
+           "LatentModel", "build_model", "conditioned", "reported_terms"]
 
 
 def build_model(cfg, x_shape, n_classes: int | None = None, n_batches: int = 0) -> LatentModel:

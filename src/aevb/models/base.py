@@ -16,6 +16,8 @@ for methods: the trainer, the evaluator and the figures ask ``isinstance(model, 
   Classifier     a classifier q(y|x) and a bound for labelled data: semi-supervised training
   ClassLatent    the class is a latent variable of the generative model, p(y) p(z) p(x|y,z),
                  enumerated in the bound (M2): its generative classification and class analogies
+  ConsistentClassifier  the classifier can be applied to the model's own reconstructions, so that
+                 training can hold them to the label of what they reconstruct (the PC-VAE)
 """
 from __future__ import annotations
 
@@ -184,6 +186,19 @@ def conditioned(model: LatentModel, s: torch.Tensor | None):
     """The model for datapoints of known batches s (``model.given(s)``, a VAE trained with --batch-key), or the
     model itself where s is None: what the estimators and ``elbo`` are applied to."""
     return model if s is None else model.given(s)
+
+
+class ConsistentClassifier(Classifier):
+    """Capability: the classifier reads the model's reconstructions as well as its inputs, so a
+    training term can ask a reconstruction to keep the class of the image it reconstructs (Hope et
+    al. 2020's consistency constraint). ``default_consistency`` is the model's weight of that term."""
+
+    default_consistency: float
+
+    @abstractmethod
+    def consistency_nll(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy of the classifier's prediction on a reconstruction of x against the label
+        y where given, else against the classifier's own (fixed) prediction on x; shape (N,)."""
 
 
 def reported_terms(model: LatentModel) -> tuple[str, ...]:
