@@ -10,7 +10,8 @@ from PIL import Image
 
 from aevb.cli import main
 from aevb.config import Config, apply, load_toml
-from aevb.reproduce.kingma2013 import Fig3, evaluations_per_example, log_points, paper_config
+from aevb.data import load_dataset
+from aevb.reproduce.kingma2013 import Fig3, choose_step_size, evaluations_per_example, log_points, paper_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -48,6 +49,19 @@ def test_fig3_points_give_every_curve_the_same_samples():
             assert 2 <= len(points) <= 3 and points == tuple(sorted(points))
 
 
+def test_the_step_size_is_the_one_that_trains_best_first_and_is_kept(tmp_path):
+    cfg = paper_config("mnist", 3)
+    cfg.data.train_size = 300
+    data = load_dataset(cfg.data)
+    chosen = choose_step_size(tmp_path, cfg, data, (1e-4, 0.1), quiet=True, probe_samples=3000)
+    record = json.loads((tmp_path / "step_size.json").read_text())
+    assert record["probe_epochs"] == 10 and record["metric"] == "train_elbo"
+    scores = {float(lr): v for lr, v in record["scores"].items()}
+    assert chosen == max(scores, key=scores.get) == 0.1  # 10^-4 barely moves from the N(0, 0.01²) start
+    assert choose_step_size(tmp_path, cfg, data, (1e-4, 0.1), quiet=True) == 0.1  # read back, not probed again
+    assert choose_step_size(tmp_path / "none", cfg, data, None, quiet=True) == cfg.train.lr == 0.02
+
+
 def test_fig2_smoke_writes_figure_json_page_and_resumes(tmp_path, capsys):
     out = tmp_path / "fig2"
     page = run(["kingma2013-fig2", "--budget", "smoke", "--out", str(out)], capsys)
@@ -58,16 +72,17 @@ def test_fig2_smoke_writes_figure_json_page_and_resumes(tmp_path, capsys):
         for points in curves.values():
             assert [p["epoch"] for p in points] == [1, 2] and [p["samples"] for p in points] == [300, 600]
             assert all(p["test"] < 0 and p["train"] < 0 for p in points)
-        config = json.loads((out / "runs" / f"mnist-wake-sleep-nz{nz}" / "config.json").read_text())
+        config = json.loads((out / "runs" / f"mnist-wake-sleep-nz{nz}" / "lr0.02" / "config.json").read_text())
         assert config["train"]["algorithm"] == "wake-sleep" and config["model"]["latent_dim"] == int(nz)
     holds = all(c["sgvb"][-1]["test"] > c["wake-sleep"][-1]["test"] for c in results["curves"].values())
     assert results["ordering_holds"] == holds and ("**holds**" in page) == holds
     assert (out / "page.md").read_text() in page and "| N_z | samples |" in page
     with Image.open(out / "fig2.png") as png:
         assert png.size[0] > 2 * png.size[1]  # two panels side by side
-    stamp = (out / "runs" / "mnist-sgvb-nz3" / "metrics.jsonl").stat().st_mtime_ns
+    metrics = out / "runs" / "mnist-sgvb-nz3" / "lr0.02" / "metrics.jsonl"
+    stamp = metrics.stat().st_mtime_ns
     run(["kingma2013-fig2", "--budget", "smoke", "--out", str(out)], capsys)
-    assert (out / "runs" / "mnist-sgvb-nz3" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    assert metrics.stat().st_mtime_ns == stamp
     assert json.loads((out / "results.json").read_text()) == results
 
 
@@ -81,7 +96,8 @@ def test_fig3_smoke_compares_three_algorithms_on_two_training_sets(tmp_path, cap
         for algorithm, points in curves.items():
             assert points[-1]["samples"] == 1000  # the same training samples evaluated (MCEM: 5 per example an epoch)
             assert all(p["test_se"] > 0 and p["test"] < 0 for p in points)
-        assert json.loads((out / "runs" / f"n{n}-mcem" / "config.json").read_text())["train"]["algorithm"] == "mcem"
+        config = json.loads((out / "runs" / f"n{n}-mcem" / "lr0.02" / "config.json").read_text())
+        assert config["train"]["algorithm"] == "mcem" and all(p["lr"] == 0.02 for p in curves["mcem"])
     assert (out / "fig3.png").is_file() and "MCEM train / test" in (out / "page.md").read_text()
 
 

@@ -19,8 +19,10 @@ OUT/results.json (the numbers behind it) and OUT/page.md (the paper's result bes
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ from matplotlib.ticker import NullFormatter
 from .. import rundir
 from ..config import Config
 from ..data import Dataset, load_dataset
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from ..evaluate import elbo_terms
 from ..objectives import Estimator
 from ..train import train
@@ -89,6 +91,47 @@ class Budget:
     grid: tuple[int, ...] | None = None  # latent dimensions (None: the dataset's grid)
     train_sizes: tuple[int, ...] = ()  # Figure 3: the training-set sizes compared
     options: dict = field(default_factory=dict)  # what else the figure's budget sets
+    step_sizes: tuple[float, ...] | None = None  # Adagrad step sizes to choose from (None: the dataset's default)
+
+
+STEP_SIZES = (0.01, 0.02, 0.1)  # the paper's Adagrad step sizes
+PROBE_SAMPLES = 50_000  # "the first few iterations" on which the paper chose among them
+
+
+def choose_step_size(where: Path, cfg: Config, data: Dataset, step_sizes: tuple[float, ...] | None, quiet: bool,
+                     probe_samples: int = PROBE_SAMPLES) -> float:
+    """The paper's choice of Adagrad's global step size (section 5): of ``step_sizes``, the one with the
+    best performance on the training set in the first iterations, here the training bound (MCEM: the mean
+    log p(x, z) of its chains) after about ``probe_samples`` training samples evaluated from the same start (a
+    diverged probe loses); kept in WHERE/step_size.json with the scores. None: the dataset's default."""
+    if not step_sizes:
+        return cfg.train.lr
+    path = where / "step_size.json"
+    if path.exists():
+        return json.loads(path.read_text())["chosen"]
+    epochs = max(1, round(probe_samples / (len(data.train_x) * evaluations_per_example(cfg))))
+    key = "train_log_pxz" if cfg.train.algorithm == "mcem" else "train_elbo"
+    scores = {}
+    for lr in step_sizes:
+        probe = copy.deepcopy(cfg)
+        probe.train.lr, probe.train.epochs = lr, epochs
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                scores[lr] = rundir.read_metrics(train(probe, Path(tmp) / "probe", quiet=quiet, data=data))[-1][key]
+            except TrainingDiverged:
+                scores[lr] = -math.inf
+    chosen = max(step_sizes, key=lambda lr: scores[lr] if math.isfinite(scores[lr]) else -math.inf)
+    rundir.write_text(path, json.dumps({"probe_epochs": epochs, "metric": key, "scores": {str(lr): v for lr, v in scores.items()},
+                                        "chosen": chosen}, indent=2) + "\n")
+    return chosen
+
+
+def tuned_curve(runs: Path, name: str, cfg: Config, data: Dataset, epochs, measure, b: "Budget", quiet: bool) -> list[dict]:
+    """``curve`` in RUNS/NAME/lrSTEP at the step size ``choose_step_size`` picks; ``epochs(cfg)`` its points.
+    Each point records the step size."""
+    cfg.train.lr = choose_step_size(runs / name, cfg, data, b.step_sizes, quiet)
+    points = curve(runs / name / f"lr{cfg.train.lr:g}", cfg, data, epochs(cfg), measure, quiet)
+    return [p | {"lr": cfg.train.lr} for p in points]
 
 
 def log_points(last: int, per_decade: int = 4) -> tuple[int, ...]:
@@ -204,10 +247,11 @@ class Fig2:
                         grid=(3, 20)),
         "quick": Budget((1, 2, 3, 5, 10), None, 10_000,
                         "10 epochs on all training images (6·10^5 samples), the bound on 10,000 training and "
-                        "10,000 test images at 5 log-spaced points; 10 curves, about 25 min on 2 CPU cores (MNIST)"),
+                        "10,000 test images at 5 log-spaced points; 10 curves, about 25 min on 2 CPU cores (MNIST)",
+                        step_sizes=STEP_SIZES),
         "paper": Budget(log_points(1667), None, 10_000,
                         "10^8 training samples (1,667 MNIST epochs) per curve at log-spaced points; about 5 h an "
-                        "AEVB curve, 2-3 days for the 10 on 2 CPU cores, resumable"),
+                        "AEVB curve, 2-3 days for the 10 on 2 CPU cores, resumable", step_sizes=STEP_SIZES),
     }
 
     @classmethod
@@ -218,8 +262,8 @@ class Fig2:
         data = dataset_for(dataset, b.train_size, data_dir)
         measure = bound_on(*subset(data, b.eval_size))
         grid = b.grid or GRIDS[dataset]
-        curves = {nz: {a: curve(out / "runs" / f"{dataset}-{a}-nz{nz}", paper_config(dataset, nz, a), data, b.epochs,
-                                measure, quiet)
+        curves = {nz: {a: tuned_curve(out / "runs", f"{dataset}-{a}-nz{nz}", paper_config(dataset, nz, a), data,
+                                      lambda cfg: b.epochs, measure, b, quiet)
                        for a in ("sgvb", "wake-sleep")} for nz in grid}
         fig, axes = panels(len(grid))
         for ax, nz in zip(axes, grid):
@@ -294,10 +338,12 @@ class Fig3:
         "quick": Budget((), None, 100, "5·10^5 training samples evaluated per curve at 3 points (AEVB: 500 epochs of "
                         "1,000 images, 10 of 50,000; MCEM a fifth), the estimate on 100 training and 100 test images "
                         "(HMC: 2 chains of 100 warm-up and 100 draws); 6 curves, about 30 min on 2 CPU cores",
-                        train_sizes=(1000, 50_000), options={"samples": 5e5, "hmc": dict(samples=100, warmup=100, chains=2)}),
+                        train_sizes=(1000, 50_000), options={"samples": 5e5, "hmc": dict(samples=100, warmup=100, chains=2)},
+                        step_sizes=STEP_SIZES),
         "paper": Budget((), None, 1000, "the paper's axis, 6·10^7 training samples evaluated per curve, the estimate "
                         "on 1,000 images; MCEM dominates (days on 2 CPU cores), resumable",
-                        train_sizes=(1000, 50_000), options={"samples": 6e7, "hmc": dict(samples=500, warmup=200)}),
+                        train_sizes=(1000, 50_000), options={"samples": 6e7, "hmc": dict(samples=500, warmup=200)},
+                        step_sizes=STEP_SIZES),
     }
 
     @classmethod
@@ -316,7 +362,8 @@ class Fig3:
             curves[n] = {}
             for a in ("sgvb", "wake-sleep", "mcem"):
                 cfg = paper_config("mnist", cls.LATENT_DIM, a, cls.HIDDEN)
-                curves[n][a] = curve(out / "runs" / f"n{n}-{a}", cfg, data, cls.epochs(b, cfg, n), measure, quiet)
+                curves[n][a] = tuned_curve(out / "runs", f"n{n}-{a}", cfg, data, lambda c: cls.epochs(b, c, n), measure,
+                                           b, quiet)
             end = {a: c[-1] for a, c in curves[n].items()}
             ok = all(end["sgvb"]["test"] > end[a]["test"] for a in ("wake-sleep", "mcem"))
             holds.append(ok)
@@ -365,9 +412,9 @@ class Fig4:
     BUDGETS = {
         "smoke": Budget((1,), 300, 100, "1 epoch on 300 images: the tests' end-to-end check"),
         "quick": Budget((1, 3, 10, 30), None, 10_000, "30 epochs on all training images (MNIST: about 6 min on 2 CPU "
-                        "cores)"),
+                        "cores)", step_sizes=STEP_SIZES),
         "paper": Budget(log_points(1667), None, 10_000, "10^8 training samples (1,667 MNIST epochs), about 5 h on 2 "
-                        "CPU cores, resumable"),
+                        "CPU cores, resumable", step_sizes=STEP_SIZES),
     }
 
     @classmethod
@@ -378,9 +425,10 @@ class Fig4:
         dataset = dataset or "mnist"
         b, out = cls.BUDGETS[budget], Path(out)
         data = dataset_for(dataset, b.train_size, data_dir)
-        run = out / "runs" / f"{dataset}-sgvb-nz2"
-        points = curve(run, paper_config(dataset, 2), data, b.epochs, test_bound(data.test_x[:b.eval_size]), quiet)
-        fig_manifold(run, out / "fig4.png", n=20, scale=2 if dataset == "mnist" else 3)
+        points = tuned_curve(out / "runs", f"{dataset}-sgvb-nz2", paper_config(dataset, 2), data, lambda cfg: b.epochs,
+                             test_bound(data.test_x[:b.eval_size]), b, quiet)
+        fig_manifold(out / "runs" / f"{dataset}-sgvb-nz2" / f"lr{points[-1]['lr']:g}", out / "fig4.png", n=20,
+                     scale=2 if dataset == "mnist" else 3)
         last = points[-1]
         page = "\n".join([
             f"# Kingma & Welling 2013, Figure 4 ({dataset}, budget {budget})", "", f"Budget: {b.note}.", "",
@@ -403,9 +451,9 @@ class Fig5:
     BUDGETS = {
         "smoke": Budget((1,), 300, 100, "1 epoch on 300 images: the tests' end-to-end check"),
         "quick": Budget((1, 3, 10, 20), None, 10_000, "20 epochs on all training images for each of the 4 models, "
-                        "about 16 min on 2 CPU cores"),
+                        "about 16 min on 2 CPU cores", step_sizes=STEP_SIZES),
         "paper": Budget(log_points(1667), None, 10_000, "10^8 training samples (1,667 epochs) per model, about 20 h "
-                        "for the 4 on 2 CPU cores, resumable"),
+                        "for the 4 on 2 CPU cores, resumable", step_sizes=STEP_SIZES),
     }
 
     @classmethod
@@ -418,9 +466,9 @@ class Fig5:
         fig, axes = panels(len(cls.GRID), 3.0, 3.3)
         rows, curves = [], {}
         for ax, nz in zip(axes, cls.GRID):
-            run = out / "runs" / f"mnist-sgvb-nz{nz}"
-            curves[nz] = curve(run, paper_config("mnist", nz), data, b.epochs, test_bound(data.test_x[:b.eval_size]),
-                               quiet)
+            curves[nz] = tuned_curve(out / "runs", f"mnist-sgvb-nz{nz}", paper_config("mnist", nz), data,
+                                     lambda cfg: b.epochs, test_bound(data.test_x[:b.eval_size]), b, quiet)
+            run = out / "runs" / f"mnist-sgvb-nz{nz}" / f"lr{curves[nz][-1]['lr']:g}"
             ax.imshow(samples_grid(aevb.load(run), 100, seed=0), cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"({'abcd'[len(rows)]}) {nz}-D latent space")
             ax.axis("off")
