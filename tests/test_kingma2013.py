@@ -53,12 +53,13 @@ def test_the_step_size_is_the_one_that_trains_best_first_and_is_kept(tmp_path):
     cfg = paper_config("mnist", 3)
     cfg.data.train_size = 300
     data = load_dataset(cfg.data)
-    chosen = choose_step_size(tmp_path, cfg, data, (1e-4, 0.1), quiet=True, probe_samples=3000)
-    record = json.loads((tmp_path / "step_size.json").read_text())
+    where = tmp_path / "runs" / "curve"
+    chosen = choose_step_size(where, cfg, data, (1e-4, 0.1), quiet=True, probe_samples=3000)
+    record = json.loads((where / "step_size.json").read_text())
     assert record["probe_epochs"] == 10 and record["metric"] == "train_elbo"
     scores = {float(lr): v for lr, v in record["scores"].items()}
     assert chosen == max(scores, key=scores.get) == 0.1  # 10^-4 barely moves from the N(0, 0.01²) start
-    assert choose_step_size(tmp_path, cfg, data, (1e-4, 0.1), quiet=True) == 0.1  # read back, not probed again
+    assert choose_step_size(where, cfg, data, (1e-4, 0.1), quiet=True) == 0.1  # read back, not probed again
     assert choose_step_size(tmp_path / "none", cfg, data, None, quiet=True) == cfg.train.lr == 0.02
 
 

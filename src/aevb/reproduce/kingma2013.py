@@ -121,6 +121,7 @@ def choose_step_size(where: Path, cfg: Config, data: Dataset, step_sizes: tuple[
             except TrainingDiverged:
                 scores[lr] = -math.inf
     chosen = max(step_sizes, key=lambda lr: scores[lr] if math.isfinite(scores[lr]) else -math.inf)
+    where.mkdir(parents=True, exist_ok=True)
     rundir.write_text(path, json.dumps({"probe_epochs": epochs, "metric": key, "scores": {str(lr): v for lr, v in scores.items()},
                                         "chosen": chosen}, indent=2) + "\n")
     return chosen
