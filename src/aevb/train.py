@@ -124,8 +124,8 @@ class Trainer:
         self.algorithm = ALGORITHMS[t.algorithm](cfg, self.model, self.optimizer, data, self.device, self.group)
         self.warnings = [w for w in (check_precision(t.precision, self.device),) if w] + self.algorithm.warnings
         self.x_test, self.y_test, self.s_test, self.x_val, self.y_val, self.s_val = (
-            None if t is None else t.to(self.device)
-            for t in (data.test_x, data.test_y, data.test_s, data.val_x, data.val_y, data.val_s))
+            None if a is None else a.to(self.device)
+            for a in (data.test_x, data.test_y, data.test_s, data.val_x, data.val_y, data.val_s))
         self.steps = math.ceil(self.algorithm.n / t.batch_size)
 
     def permutation(self, epoch: int) -> torch.Tensor:
