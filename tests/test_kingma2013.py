@@ -96,7 +96,7 @@ def test_fig3_smoke_compares_three_algorithms_on_two_training_sets(tmp_path, cap
         assert set(curves) == {"sgvb", "wake-sleep", "mcem"}
         for algorithm, points in curves.items():
             assert points[-1]["samples"] == 1000  # the same training samples evaluated (MCEM: 5 per example an epoch)
-            assert all(p["test_se"] > 0 and p["test"] < 0 for p in points)
+            assert all(p["test_se"] > 0 and p["test"] < 0 and 0 <= p["test_khat"] <= 1 for p in points)
         config = json.loads((out / "runs" / f"n{n}-mcem" / "lr0.02" / "config.json").read_text())
         assert config["train"]["algorithm"] == "mcem" and all(p["lr"] == 0.02 for p in curves["mcem"])
     assert (out / "fig3.png").is_file() and "MCEM train / test" in (out / "page.md").read_text()
