@@ -12,6 +12,9 @@ from pathlib import Path
 from .errors import ConfigError, UserError
 from .registry import did_you_mean
 
+if typing.TYPE_CHECKING:  # the CLI imports the config lazily, so that --help stays fast
+    from .config import Config
+
 
 class Parser(argparse.ArgumentParser):
     """argparse that raises ConfigError (one line, exit 2) instead of printing usage. A
@@ -61,7 +64,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(flag, metavar=name.split("_")[-1].upper(), **kw)
 
 
-def config_from_args(args) -> "Config":
+def config_from_args(args) -> Config:
     """Defaults, then the --config file (TOML, or a run's config.json), then the flags."""
     from .config import Config, apply, field_types, load_json, load_toml
 
