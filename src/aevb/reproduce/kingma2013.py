@@ -172,12 +172,11 @@ def curve(run: Path, cfg: Config, data: Dataset, epochs: tuple[int, ...], measur
     return points
 
 
-def bound_on(x_train: torch.Tensor, x_test: torch.Tensor):
-    """The measure of Figure 2: the lower bound (estimator B, L = 1, as trained) per datapoint on the
-    training and the test images."""
+def bound_on(**sets: torch.Tensor):
+    """The measure of Figures 2, 4 and 5: the lower bound (estimator B, L = 1, as trained) per datapoint
+    on each named set of images (train=..., test=...)."""
     def measure(model) -> dict:
-        estimator = Estimator("B", 1)
-        return {"train": elbo_terms(model, x_train, estimator)["elbo"], "test": elbo_terms(model, x_test, estimator)["elbo"]}
+        return {name: elbo_terms(model, x, Estimator("B", 1))["elbo"] for name, x in sets.items()}
     return measure
 
 
@@ -261,7 +260,8 @@ class Fig2:
         dataset = dataset or "mnist"
         b, out = cls.BUDGETS[budget], Path(out)
         data = dataset_for(dataset, b.train_size, data_dir)
-        measure = bound_on(*subset(data, b.eval_size))
+        x_train, x_test = subset(data, b.eval_size)
+        measure = bound_on(train=x_train, test=x_test)
         grid = b.grid or GRIDS[dataset]
         curves = {nz: {a: tuned_curve(out / "runs", f"{dataset}-{a}-nz{nz}", paper_config(dataset, nz, a), data,
                                       lambda cfg: b.epochs, measure, b, quiet)
@@ -404,12 +404,6 @@ class Fig3:
 # Figures 4 and 5: the learned manifold and samples
 
 
-def test_bound(x_test: torch.Tensor):
-    def measure(model) -> dict:
-        return {"test": elbo_terms(model, x_test, Estimator("B", 1))["elbo"]}
-    return measure
-
-
 class Fig4:
     name = "kingma2013-fig4"
     what = "Kingma & Welling 2013, Figure 4: the learned 2-D manifold of an AEVB model (MNIST or Frey Face)"
@@ -431,7 +425,7 @@ class Fig4:
         b, out = cls.BUDGETS[budget], Path(out)
         data = dataset_for(dataset, b.train_size, data_dir)
         points = tuned_curve(out / "runs", f"{dataset}-sgvb-nz2", paper_config(dataset, 2), data, lambda cfg: b.epochs,
-                             test_bound(data.test_x[:b.eval_size]), b, quiet)
+                             bound_on(test=data.test_x[:b.eval_size]), b, quiet)
         fig_manifold(out / "runs" / f"{dataset}-sgvb-nz2" / f"lr{points[-1]['lr']:g}", out / "fig4.png", n=20,
                      scale=2 if dataset == "mnist" else 3)
         last = points[-1]
@@ -472,7 +466,7 @@ class Fig5:
         rows, curves = [], {}
         for ax, nz in zip(axes, cls.GRID):
             curves[nz] = tuned_curve(out / "runs", f"mnist-sgvb-nz{nz}", paper_config("mnist", nz), data,
-                                     lambda cfg: b.epochs, test_bound(data.test_x[:b.eval_size]), b, quiet)
+                                     lambda cfg: b.epochs, bound_on(test=data.test_x[:b.eval_size]), b, quiet)
             run = out / "runs" / f"mnist-sgvb-nz{nz}" / f"lr{curves[nz][-1]['lr']:g}"
             ax.imshow(samples_grid(aevb.load(run), 100, seed=0), cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"({'abcd'[len(rows)]}) {nz}-D latent space")
