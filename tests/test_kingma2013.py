@@ -56,7 +56,7 @@ def test_the_step_size_is_the_one_that_trains_best_first_and_is_kept(tmp_path):
     where = tmp_path / "runs" / "curve"
     chosen = choose_step_size(where, cfg, data, (1e-4, 0.1), quiet=True, probe_samples=3000)
     record = json.loads((where / "step_size.json").read_text())
-    assert record["probe_epochs"] == 10 and record["metric"] == "train_elbo"
+    assert record["probe_epochs"] == 10 and record["metric"] == "bound on 1000 training images"
     scores = {float(lr): v for lr, v in record["scores"].items()}
     assert chosen == max(scores, key=scores.get) == 0.1  # 10^-4 barely moves from the N(0, 0.01²) start
     assert choose_step_size(where, cfg, data, (1e-4, 0.1), quiet=True) == 0.1  # read back, not probed again
