@@ -57,7 +57,8 @@ BUDGETS = {
     "smoke": Budget(1, 50, train_size=200, test_size=50, note="1 epoch on 200 images: the tests' end-to-end check"),
     "quick": Budget(13, 5000, test_size=1000,
                     note="13 epochs (the burda schedule's stages 0-2), the first 1,000 test images, k = 5000; on 2 "
-                         "idle CPU cores about 15 min (vae-k1) to 25 min (iwae-k5) of training a row, k = 50 rows hours"),
+                         "idle CPU cores about 15 min (vae-k1) to 25 min (iwae-k5) of training a row, k = 50 rows about "
+                         "3 times an iwae-k5 row's epoch (40-50 min of training)"),
     "paper": Budget(BURDA_EPOCHS, 5000, note=f"the paper's {BURDA_EPOCHS:,} epochs; see the README for the time a row takes"),
 }
 
