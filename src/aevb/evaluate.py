@@ -17,7 +17,7 @@ from torch.distributions import (Beta, Dirichlet, Distribution, Independent, Mix
                                  Normal, constraints, kl_divergence)
 
 from .compiling import compiled, compiler_missing, failure
-from .inference.hmc_likelihood import hmc_log_likelihood
+from .inference.hmc_likelihood import MIXED_RHAT, hmc_log_likelihood
 from .inference.importance import MIN_DIAGNOSED_K, ImportanceEstimate, diagnose_weights, estimate, summary
 from .inference.importance import warning as importance_warning
 from .memory import DEFAULT_MAX_MEMORY, PassCost, chunk_sizes, pass_budget, pass_cost
@@ -354,7 +354,8 @@ def format_evaluation(r: dict) -> str:
     if hmc:
         lines.append(f"{'log p(x), HMC (K&W 2013 app. D)':<34}{hmc['value']:>12.3f}  ± {hmc['standard_error']:.3f} "
                      f"(L={hmc['samples']}, {hmc['chains']} chains"
-                     + ("; unreliable: Pareto k̂ > 0.7 for " + f"{100 * hmc['khat_share_above_0.7']:.1f}% of the datapoints)"
+                     + (f"; unreliable: Pareto k̂ > 0.7 for {100 * hmc['khat_share_above_0.7']:.1f}%, chains unmixed "
+                        f"(R̂ > {MIXED_RHAT}) for {100 * hmc[f'rhat_share_above_{MIXED_RHAT}']:.1f}% of the datapoints)"
                         if not hmc["reliable"] else ")"))
     lines.append(f"{'bits/dim':<34}{r['bits_per_dim']:>12.4f}")
     c = r.get("classes")

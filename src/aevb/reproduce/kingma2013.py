@@ -36,7 +36,8 @@ from .. import rundir
 from ..config import Config
 from ..data import Dataset, load_dataset
 from ..errors import ConfigError, TrainingDiverged
-from ..evaluate import elbo_terms
+from ..evaluate import elbo_terms, importance_estimate
+from ..inference.hmc_likelihood import MIXED_RHAT, hmc_log_likelihood
 from ..objectives import Estimator
 from ..train import train
 
@@ -329,14 +330,11 @@ FIG3_PAPER = ("With N_z = 3 and 100 hidden units on MNIST, AEVB's estimated marg
 def marginal_likelihood_on(x_train: torch.Tensor, x_test: torch.Tensor, importance_k: int | None = None, **options):
     """The measure of Figure 3: the paper's HMC marginal-likelihood estimator (appendix D,
     ``hmc_log_likelihood`` with ``options``) per datapoint on training and test images, with its
-    standard error and the share of images whose Pareto k̂ exceeds 0.7 (their estimates unreliable: chains
-    that did not mix, a fit that misses posterior mass); both sets' chains run as one batch (the cost is per
+    standard error, the share of images whose Pareto k̂ exceeds 0.7 (a fit that misses posterior mass) and
+    the share whose chains' R̂ exceeds MIXED_RHAT (chains in different modes): both unreliable; both sets' chains run as one batch (the cost is per
     pass, not per image). With ``importance_k``, also aevb's importance-sampled estimate with the model's
     encoder and that many samples (``train_is``, ``test_is``): an independent check where an encoder is
     trained, a lower bound in expectation."""
-    from ..evaluate import importance_estimate
-    from ..inference.hmc_likelihood import hmc_log_likelihood
-
     x, n = torch.cat([x_train, x_test]), len(x_train)
     halves = {"train": slice(0, n), "test": slice(n, None)}
 
@@ -346,17 +344,19 @@ def marginal_likelihood_on(x_train: torch.Tensor, x_test: torch.Tensor, importan
                    for key, h in halves.items()} if importance_k else {}
         return ({key: e.log_p[h].mean().item() for key, h in halves.items()}
                 | {f"{key}_se": (e.se[h].pow(2).sum().sqrt() / len(e.se[h])).item() for key, h in halves.items()}
-                | {f"{key}_khat": (e.khat[h] > 0.7).double().mean().item() for key, h in halves.items()} | checked)
+                | {f"{key}_khat": (e.khat[h] > 0.7).double().mean().item() for key, h in halves.items()}
+                | {f"{key}_rhat": (e.rhat[h] > MIXED_RHAT).double().mean().item() for key, h in halves.items()} | checked)
     return measure
 
 
 def cell(p: dict) -> str:
     """One algorithm's last point on Figure 3's page: the appendix D estimates (train / test) ± their
-    standard errors, the importance-sampled check where there is one, the test images' share of k̂ > 0.7,
-    the step size and the training time."""
+    standard errors, the test images' shares of k̂ > 0.7 and of unmixed chains, the importance-sampled check
+    where there is one, the step size and the training time."""
     check = f"; IS {p['train_is']:.2f} / {p['test_is']:.2f}" if "test_is" in p else ""
+    mixing = f"; R̂ > {MIXED_RHAT}: {100 * p['test_rhat']:.0f}%" if "test_rhat" in p else ""  # points measured before R̂ have none
     return (f"{p['train']:.2f} ± {p['train_se']:.2f} / {p['test']:.2f} ± {p['test_se']:.2f} (k̂ > 0.7: "
-            f"{100 * p['test_khat']:.0f}%{check}; step {p['lr']:g}; {p['train_seconds'] / 60:.1f} min)")
+            f"{100 * p['test_khat']:.0f}%{mixing}{check}; step {p['lr']:g}; {p['train_seconds'] / 60:.1f} min)")
 
 
 class Fig3:
