@@ -375,3 +375,21 @@ def test_the_rollback_rerun_of_an_epoch_is_the_same_epoch_at_a_lower_rate(tmp_pa
     aevb.train(config(epochs=2), one, resume=True, quiet=True)
     a, b = load_file(str(rolled / rundir.WEIGHTS)), load_file(str(one / rundir.WEIGHTS))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_another_process_trains_is_refused_and_left_alone(tmp_path, capsys):
+    """While one process holds a run (here the lock, taken as training takes it), --resume and
+    --overwrite from another fail in one line and change nothing; released, --resume continues."""
+    run = tmp_path / "run"
+    assert main(["train", *FLAGS, "--epochs", "1", "--out", str(run), *NO_REPORT]) == 0
+    weights = (run / rundir.WEIGHTS).read_bytes()
+    capsys.readouterr()
+    with rundir.training_lock(run):
+        for args in (["--resume", "--epochs", "2"], [*FLAGS, "--epochs", "2", "--overwrite"]):
+            assert main(["train", *args, "--out", str(run), "--quiet", *NO_REPORT]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0] == (f"aevb: error: {run} is being trained by another process; let it "
+                                                "finish or stop it (then continue with --resume)"), err
+            assert (run / rundir.WEIGHTS).read_bytes() == weights and rundir.checkpoint_epoch(run) == 1
+    assert main(["train", "--resume", "--epochs", "2", "--out", str(run), "--quiet", *NO_REPORT]) == 0
+    assert rundir.checkpoint_epoch(run) == 2 and [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]

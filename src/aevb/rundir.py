@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -91,18 +92,44 @@ def default_path(cfg: Config) -> Path:
 
 
 def create(path: Path, overwrite: bool) -> Path:
-    """A fresh run directory; an existing non-empty one is refused unless ``overwrite``."""
+    """A fresh run directory; an existing non-empty one is refused unless ``overwrite``, and one that
+    another process is training always."""
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         if not overwrite:
             raise RunError(f"{path} already exists; pass --overwrite to replace it, --resume to continue it, or choose another --out")
         if not is_run(path):
             raise RunError(f"{path} exists and is not a run directory; refusing to overwrite it, choose another --out")
-        shutil.rmtree(path)
+        with training_lock(path):
+            shutil.rmtree(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunError(f"cannot create the run directory {path} ({e.strerror or e}); choose another --out") from None
     return path
+
+
+@contextmanager
+def training_lock(path: Path):
+    """An exclusive lock on the run directory (flock on the folder itself, so no file is added)
+    for as long as a process trains it: a second process, such as a resumed command while the first
+    still runs, or an experiment worker orphaned by a killed parent, fails at once instead of
+    writing the same checkpoint. The system drops the lock when its holder dies. No lock where the
+    system has no flock (Windows)."""
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):  # no flock, or no folder to guard (the caller's own checks say so)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{path} is being trained by another process; let it finish or stop it "
+                           "(then continue with --resume)") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def is_run(path: Path) -> bool:

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -302,18 +303,26 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False, o
             raise TrainingInterrupted(f"interrupted by {SIGNAL_NAMES[stop.signum]} before training started; "
                                       "nothing was written", stop.signum)
         try:
-            return _train(trainer, data, out, resume, overwrite, quiet, meta, stop)
+            with ExitStack() as hold:
+                return _train(trainer, data, out, resume, overwrite, quiet, meta, stop, hold)
         finally:
             leave()
 
 
-def _train(trainer: Trainer, data: Dataset, out, resume: bool, overwrite: bool, quiet: bool, meta, stop) -> Path:
-    """The run directory (rank 0 makes it, the others are told where it is) and the epochs."""
+def _train(trainer: Trainer, data: Dataset, out, resume: bool, overwrite: bool, quiet: bool, meta, stop,
+           hold: ExitStack) -> Path:
+    """The run directory (rank 0 makes it and holds its lock in ``hold``, the others are told where it
+    is) and the epochs."""
     cfg, group = trainer.cfg, trainer.group
+
+    def claim(run: Path) -> Path:
+        hold.enter_context(rundir.training_lock(run))
+        return run
     if resume:
         run = Path(out)
 
         def load() -> int:  # rank 0 first: loading tidies what a killed save left
+            claim(run)
             epoch = rundir.load_checkpoint(run, trainer.model, trainer.optimizer, trainer.schedule, trainer.algorithm)
             rundir.truncate_metrics(run, epoch)
             rundir.rewrite_config(run, cfg, meta)
@@ -325,7 +334,7 @@ def _train(trainer: Trainer, data: Dataset, out, resume: bool, overwrite: bool, 
     else:
         run = Path(out) if out else rundir.default_path(cfg)
         was_there = run.is_dir() and not any(run.iterdir())  # an empty folder the user made: keep it
-        run = group.on_main(lambda: rundir.create(run, overwrite))
+        run = group.on_main(lambda: claim(rundir.create(run, overwrite)))
         start, rollbacks = 0, 0
     try:
         if not resume and group.main:
