@@ -393,3 +393,40 @@ def test_a_run_another_process_trains_is_refused_and_left_alone(tmp_path, capsys
             assert (run / rundir.WEIGHTS).read_bytes() == weights and rundir.checkpoint_epoch(run) == 1
     assert main(["train", "--resume", "--epochs", "2", "--out", str(run), "--quiet", *NO_REPORT]) == 0
     assert rundir.checkpoint_epoch(run) == 2 and [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an orphan's reaper may never reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc")
+def test_an_experiment_worker_ends_when_its_parent_is_killed(tmp_path):
+    """A worker of `aevb experiment ssl --jobs N` whose parent dies by SIGKILL stops within its watch's
+    period, instead of training on beside the restarted experiment; without the watch it would sleep 60 s."""
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, os, time
+        from aevb.experiments.ssl import exit_with_parent
+        def worker(parent):
+            exit_with_parent(parent, every=0.1)
+            time.sleep(60)
+        if __name__ == "__main__":
+            child = multiprocessing.get_context("spawn").Process(target=worker, args=(os.getpid(),))
+            child.start()
+            print(child.pid, flush=True)
+            time.sleep(60)
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(1.0)  # the child has imported aevb and started its watch
+    assert _running(child)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child)

@@ -39,6 +39,7 @@ import multiprocessing
 import os
 import platform
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -373,7 +374,7 @@ class Experiment:
         waiting = self.tasks(known)
         pool = None if self.s.jobs == 1 else ProcessPoolExecutor(
             self.s.jobs, multiprocessing.get_context("spawn"), initializer=start_worker,
-            initargs=(self.s, self.models, self.threads()))
+            initargs=(self.s, self.models, self.threads(), os.getpid()))
         running: dict[Future, Task] = {}
         finished: set[Task] = set()
         try:
@@ -523,11 +524,24 @@ class Experiment:
 _WORKER: Experiment | None = None  # a worker process's experiment (its data loaded once)
 
 
-def start_worker(s: Settings, models: dict, threads: int) -> None:
-    """A worker process's start, before any torch work: its thread count, then its experiment."""
+def start_worker(s: Settings, models: dict, threads: int, parent: int) -> None:
+    """A worker process's start, before any torch work: its thread count, a watch on its parent,
+    then its experiment."""
     global _WORKER
     torch.set_num_threads(threads)
+    exit_with_parent(parent)
     _WORKER = Experiment(s, models)
+
+
+def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this process within ``every`` seconds of the death of process ``parent``. A pool's workers
+    outlive a parent killed by a signal, and would go on training runs that a restart trains again;
+    a run's checkpoint keeps its finished epochs, and its lock goes with the process."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def work(task: Task) -> dict:
