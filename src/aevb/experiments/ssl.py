@@ -8,7 +8,8 @@ each seed, the test accuracy of:
       labelled images;
   (b) a neural net with the architecture of (c)'s encoder, trained on those pixels;
   (c) the same classifier on a VAE's posterior means (the VAE trained on every training image);
-  (d) M1: the same classifier on posterior samples of a larger VAE (Kingma et al.'s M1);
+  (d) M1: the same classifier on posterior samples of a larger VAE (Kingma et al.'s M1, trained
+      with β = 0.5: see MODEL_SETTINGS);
   (e) the same classifier on the posterior means of the prediction-constrained VAE;
   the PC-VAE's own classifier p(y|z) (Hope et al. 2020), M2's classifier q(y|x), and M1+M2: M2
   trained on M1's posterior means (its active dimensions, standardised), by an MLP whatever the
