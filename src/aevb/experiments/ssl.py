@@ -118,7 +118,8 @@ M1_FEATURES = "posterior means of M1's active dimensions, standardised"  # what 
 # -98.1, -98.1, -98.1 nats on seeds 1-5 against -98.7, -98.2, -98.7, -98.7, -98.7 at β = 1), with 14 active
 # dimensions in place of 10 (seed 1), on which M1+M2 reached 95.2% held-out at epoch 30 and 96.2% at 50
 # (β = 1: 93.7% and 95.2%). Logistic regression on its samples (row d) loses 3 points (81.6% against
-# 84.6%, test, seed 1). A cosine learning-rate decay did not help: for M1 (ELBO -97.6, still 10 active
+# 84.6%, test, seed 1). β = 0.25 gave no more: 18 active dimensions, M1+M2 95.4% held-out at 30 and 96.0%
+# at 50, on a worse bound (test ELBO -103.4 nats, seed 1). A cosine learning-rate decay did not help: for M1 (ELBO -97.6, still 10 active
 # dimensions) M1+M2 reached 95.0% at 50; for M1+M2 itself 94.0%.
 KINGMA_MLP = {"hidden": [500], "activation": "softplus", "latent_dim": 50}  # Kingma et al. 2014's M2 network
 MODEL_SETTINGS = {
